@@ -1,0 +1,155 @@
+//! Bytes to upright RGB8 pixels at the stored size. Pure: no file access.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use spec::{ResizeFilter, StoredSize};
+
+use crate::RejectKind;
+
+/// A decoded image, upright, at its stored size.
+pub(crate) struct Decoded {
+    /// Width and height after EXIF orientation, before resizing.
+    pub original: (u32, u32),
+    pub stored: RgbImage,
+}
+
+/// Why an image could not be used: a reject kind and a human reason.
+pub(crate) type DecodeError = (RejectKind, String);
+
+const SUPPORTED: [ImageFormat; 6] =
+    [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Tiff];
+
+/// Decodes `bytes`, applies EXIF orientation, converts to RGB8 and resizes.
+pub(crate) fn decode(
+    bytes: &[u8],
+    max_pixels: u64,
+    size: StoredSize,
+    filter: ResizeFilter,
+) -> Result<Decoded, DecodeError> {
+    let img = decode_upright(bytes, max_pixels)?;
+    let original = (img.width(), img.height());
+    let stored = resize(img, size.target(original.0, original.1), filter);
+    Ok(Decoded { original, stored })
+}
+
+/// Decodes to upright RGB8 at the original size.
+pub fn decode_upright(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| (RejectKind::Unreadable, e.to_string()))?;
+    let Some(format) = reader.format() else {
+        return Err((RejectKind::NotAnImage, "not an image: unrecognised file signature".into()));
+    };
+    let name = format_name(format);
+    if !SUPPORTED.contains(&format) {
+        return Err((RejectKind::NotAnImage, format!("unsupported image format {name}")));
+    }
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        // zune-jpeg fills a cut-off scan with grey instead of failing.
+        return Err((RejectKind::Corrupt, "truncated JPEG: no end-of-image marker after the last scan".into()));
+    }
+    // We check the declared size ourselves, against the configured limit, and
+    // let allocation follow from it.
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
+    let corrupt = |e: image::ImageError| (RejectKind::Corrupt, format!("corrupt or truncated {name}: {e}"));
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err((
+            RejectKind::TooLarge,
+            format!("image too large: declares {w}x{h} = {pixels} pixels, over the limit of {max_pixels} (max_pixels)"),
+        ));
+    }
+    if pixels == 0 {
+        return Err((RejectKind::Corrupt, format!("corrupt {name}: declares a size of {w}x{h}")));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    // Alpha is dropped, not composited: what Pillow's convert("RGB") and so
+    // Keras's load_img do.
+    Ok(img.into_rgb8())
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    format.extensions_str().first().copied().unwrap_or("image")
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan
+/// (FF DA). Entropy-coded data stuffs every FF byte, so neither marker can
+/// appear inside a scan, and an EXIF thumbnail's own EOI comes before the
+/// main image's scans.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_sos, last_eoi), (Some(s), Some(e)) if e > s)
+}
+
+/// Resizes to exactly `(width, height)` with the chosen filter.
+pub fn resize(img: RgbImage, (width, height): (u32, u32), filter: ResizeFilter) -> RgbImage {
+    if img.dimensions() == (width, height) {
+        return img;
+    }
+    let (w, h) = img.dimensions();
+    let src = Image::from_vec_u8(w, h, img.into_raw(), PixelType::U8x3).expect("buffer matches dimensions");
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    let filter = match filter {
+        ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+        ResizeFilter::CatmullRom => FilterType::CatmullRom,
+        ResizeFilter::Bilinear => FilterType::Bilinear,
+        ResizeFilter::Area => FilterType::Box,
+    };
+    Resizer::new()
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)))
+        .expect("same pixel type on both sides");
+    RgbImage::from_raw(width, height, dst.into_vec()).expect("buffer matches dimensions")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_marker_check_tells_whole_from_cut_jpeg() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(32, 24, |x, y| image::Rgb([x as u8 * 7, y as u8 * 9, 50])));
+        let jpeg = demo::encode(&img, ImageFormat::Jpeg);
+        assert!(jpeg_has_end_marker(&jpeg));
+        assert!(!jpeg_has_end_marker(&jpeg[..jpeg.len() - 2]));
+        assert!(!jpeg_has_end_marker(&jpeg[..jpeg.len() / 2]));
+    }
+
+    #[test]
+    fn resize_of_flat_colour_stays_flat() {
+        let img = RgbImage::from_pixel(64, 48, image::Rgb([10, 200, 30]));
+        for filter in [ResizeFilter::Lanczos3, ResizeFilter::Area, ResizeFilter::Bilinear, ResizeFilter::CatmullRom] {
+            let out = resize(img.clone(), (21, 16), filter);
+            assert_eq!(out.dimensions(), (21, 16));
+            assert!(out.pixels().all(|p| p.0 == [10, 200, 30]), "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn area_resize_averages_blocks() {
+        // A 4x2 image of two 2x2 blocks: area-halving gives the block means.
+        let img = RgbImage::from_fn(4, 2, |x, y| {
+            let v = if x < 2 { [0, 100, 200][(x + y) as usize % 3] } else { 40 };
+            image::Rgb([v, v, v])
+        });
+        let out = resize(img.clone(), (2, 1), ResizeFilter::Area);
+        let mean = |x0: u32| {
+            (0..2)
+                .flat_map(|y| (x0..x0 + 2).map(move |x| (x, y)))
+                .map(|(x, y)| img.get_pixel(x, y).0[0] as f32)
+                .sum::<f32>()
+                / 4.0
+        };
+        assert!((out.get_pixel(0, 0).0[0] as f32 - mean(0)).abs() <= 1.0);
+        assert!((out.get_pixel(1, 0).0[0] as f32 - mean(2)).abs() <= 1.0);
+    }
+}

@@ -1,0 +1,165 @@
+//! Finding the images: an image folder (one sub-folder per class) or a CSV
+//! manifest. Produces candidates in a deterministic order; never decodes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use spec::DatasetSource;
+use walkdir::WalkDir;
+
+use crate::{IngestError, Reject, RejectKind};
+
+/// File extensions treated as images; everything else is ignored (counted).
+pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif"];
+
+/// A file that should become a row, if it reads and decodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub abs: PathBuf,
+    /// Path relative to the dataset root (or the manifest's folder), with '/'.
+    pub rel: String,
+    pub label_index: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Discovery {
+    /// Class names in sorted order; a class's index is its position.
+    pub classes: Vec<String>,
+    /// Sorted by (label, relative path): the order rows are written in.
+    pub candidates: Vec<Candidate>,
+    pub rejects: Vec<Reject>,
+    /// Files skipped on purpose: hidden, or not an image extension.
+    pub ignored: usize,
+}
+
+pub(crate) fn discover(source: &DatasetSource, include_hidden: bool) -> Result<Discovery, IngestError> {
+    match source {
+        DatasetSource::Root(root) => discover_folder(Path::new(root), include_hidden),
+        DatasetSource::Manifest(manifest) => discover_manifest(Path::new(manifest)),
+    }
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+fn relative(base: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(base).unwrap_or(path);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+fn discover_folder(root: &Path, include_hidden: bool) -> Result<Discovery, IngestError> {
+    if !root.exists() {
+        return Err(IngestError::RootMissing(root.to_path_buf()));
+    }
+    if !root.is_dir() {
+        return Err(IngestError::NotAFolder(root.to_path_buf()));
+    }
+    let mut out = Discovery::default();
+    let entries = fs::read_dir(root).map_err(|e| IngestError::io(root, e))?;
+    let mut class_dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| IngestError::io(root, e))?;
+        if !include_hidden && is_hidden(&entry.file_name()) {
+            continue;
+        }
+        // `metadata` follows symlinks, so a linked class folder counts.
+        match fs::metadata(entry.path()) {
+            Ok(m) if m.is_dir() => class_dirs.push(entry.file_name().to_string_lossy().into_owned()),
+            Ok(_) => out.ignored += 1, // loose files at the top level are not labelled
+            Err(e) => {
+                out.rejects.push(Reject::new(relative(root, &entry.path()), RejectKind::Unreadable, e.to_string()))
+            }
+        }
+    }
+    class_dirs.sort();
+    if class_dirs.len() < 2 {
+        return Err(IngestError::TooFewClasses { root: root.to_path_buf(), found: class_dirs });
+    }
+    for (label_index, class) in class_dirs.iter().enumerate() {
+        let class_root = root.join(class);
+        let before = out.candidates.len();
+        let walker = WalkDir::new(&class_root)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| include_hidden || e.depth() == 0 || !is_hidden(e.file_name()));
+        for entry in walker {
+            match entry {
+                Ok(e) if e.file_type().is_dir() => {}
+                Ok(e) if has_image_extension(e.path()) => out.candidates.push(Candidate {
+                    abs: e.path().to_path_buf(),
+                    rel: relative(root, e.path()),
+                    label_index: label_index as u32,
+                }),
+                Ok(_) => out.ignored += 1,
+                Err(err) => {
+                    let path = err.path().map(|p| relative(root, p)).unwrap_or_else(|| class.clone());
+                    let reason = match err.loop_ancestor() {
+                        Some(ancestor) => format!("symlink loop: points back to its ancestor {}", ancestor.display()),
+                        None => err.to_string(),
+                    };
+                    let kind =
+                        if err.loop_ancestor().is_some() { RejectKind::SymlinkLoop } else { RejectKind::Unreadable };
+                    out.rejects.push(Reject::new(path, kind, reason));
+                }
+            }
+        }
+        if out.candidates.len() == before {
+            return Err(IngestError::EmptyClass(class_root));
+        }
+    }
+    // Walk order is per folder; the row order must be one total order.
+    out.candidates.sort_by(|a, b| (a.label_index, &a.rel).cmp(&(b.label_index, &b.rel)));
+    out.classes = class_dirs;
+    Ok(out)
+}
+
+fn discover_manifest(manifest: &Path) -> Result<Discovery, IngestError> {
+    if !manifest.exists() {
+        return Err(IngestError::RootMissing(manifest.to_path_buf()));
+    }
+    let base = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let bad = |line: u64, reason: String| IngestError::Manifest { path: manifest.to_path_buf(), line, reason };
+    let mut reader = csv::Reader::from_path(manifest).map_err(|e| bad(0, e.to_string()))?;
+    let headers = reader.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| bad(1, format!("missing column '{name}' (need a `path,label` header)")))
+    };
+    let (path_col, label_col) = (column("path")?, column("label")?);
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i as u64 + 2;
+        let record = record.map_err(|e| bad(line, e.to_string()))?;
+        let (path, label) = (record.get(path_col).unwrap_or("").trim(), record.get(label_col).unwrap_or("").trim());
+        if path.is_empty() || label.is_empty() {
+            return Err(bad(line, "empty path or label".into()));
+        }
+        rows.push((path.to_string(), label.to_string()));
+    }
+    let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    if classes.len() < 2 {
+        return Err(IngestError::TooFewClasses { root: manifest.to_path_buf(), found: classes });
+    }
+    let mut out = Discovery::default();
+    for (path, label) in rows {
+        let abs = base.join(&path);
+        let label_index = classes.binary_search(&label).expect("label collected above") as u32;
+        out.candidates.push(Candidate { rel: relative(&base, &abs), abs, label_index });
+    }
+    out.classes = classes;
+    out.candidates.sort_by(|a, b| (a.label_index, &a.rel).cmp(&(b.label_index, &b.rel)));
+    out.candidates.dedup_by(|a, b| a.label_index == b.label_index && a.rel == b.rel);
+    Ok(out)
+}

@@ -1,0 +1,229 @@
+use serde::{Deserialize, Serialize};
+
+use crate::SpecError;
+
+/// How to build a dataset from images: where they are, how they are split,
+/// and at what size the pixels are stored.
+///
+/// ```toml
+/// name = "flowers"
+/// root = "/data/flowers"          # one sub-folder per class; or:
+/// # manifest = "/data/labels.csv" # CSV with `path,label` (paths relative to the CSV)
+/// seed = 42
+/// split = { train = 0.8, validation = 0.1, test = 0.1 }
+/// size = { shorter_side = 256 }   # or size = { exact = [224, 224] }
+/// filter = "lanczos3"
+/// max_pixels = 89478485
+/// include_hidden = false
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(flatten)]
+    pub source: DatasetSource,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub split: SplitRatios,
+    #[serde(default)]
+    pub size: StoredSize,
+    #[serde(default)]
+    pub filter: ResizeFilter,
+    /// Images whose header declares more pixels than this are rejected
+    /// before decoding (decompression bombs).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Hidden files and folders (names starting with '.') are skipped unless set.
+    #[serde(default)]
+    pub include_hidden: bool,
+}
+
+/// Where the images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetSource {
+    /// A folder with one sub-folder per class (Keras / torchvision convention).
+    Root(String),
+    /// A CSV file with a `path,label` header; paths relative to the CSV's folder.
+    Manifest(String),
+}
+
+/// Fractions of each class that go to each split. They must sum to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRatios {
+    pub train: f64,
+    pub validation: f64,
+    pub test: f64,
+}
+
+impl Default for SplitRatios {
+    fn default() -> Self {
+        SplitRatios { train: 0.8, validation: 0.1, test: 0.1 }
+    }
+}
+
+/// The size at which decoded pixels are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredSize {
+    /// Resize so the shorter side has this length, keeping the aspect ratio.
+    /// Large enough that any backbone's resize-and-crop still applies later.
+    ShorterSide(u32),
+    /// Resize to exactly `[width, height]`, ignoring the aspect ratio.
+    Exact([u32; 2]),
+}
+
+impl Default for StoredSize {
+    fn default() -> Self {
+        StoredSize::ShorterSide(256)
+    }
+}
+
+impl StoredSize {
+    /// The stored `(width, height)` of an image of the given original size.
+    /// Never zero: a 1000x1 strip still keeps one row.
+    pub fn target(self, width: u32, height: u32) -> (u32, u32) {
+        match self {
+            StoredSize::Exact([w, h]) => (w, h),
+            StoredSize::ShorterSide(side) => {
+                let (w, h) = (width.max(1) as u64, height.max(1) as u64);
+                let side = side as u64;
+                let scaled = |long: u64, short: u64| ((long * side + short / 2) / short).max(1);
+                if w <= h {
+                    (side as u32, scaled(h, w) as u32)
+                } else {
+                    (scaled(w, h) as u32, side as u32)
+                }
+            }
+        }
+    }
+}
+
+/// The resampling filter used when storing pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    #[default]
+    Lanczos3,
+    CatmullRom,
+    Bilinear,
+    /// Box filter: the average of the covered pixels.
+    Area,
+}
+
+fn default_name() -> String {
+    "dataset".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_max_pixels() -> u64 {
+    // The `image` crate's own default for PNG; a 9459x9459 image.
+    89_478_485
+}
+
+impl DatasetSpec {
+    /// A spec with defaults for an image folder.
+    pub fn for_root(root: impl Into<String>) -> Self {
+        DatasetSpec {
+            name: default_name(),
+            source: DatasetSource::Root(root.into()),
+            seed: default_seed(),
+            split: SplitRatios::default(),
+            size: StoredSize::default(),
+            filter: ResizeFilter::default(),
+            max_pixels: default_max_pixels(),
+            include_hidden: false,
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: DatasetSpec = toml::from_str(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("dataset specs serialise to TOML")
+    }
+
+    /// Checks what the types cannot: ratios, sizes, limits.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let SplitRatios { train, validation, test } = self.split;
+        if [train, validation, test].iter().any(|r| !(0.0..=1.0).contains(r)) {
+            return Err(SpecError::Invalid(format!(
+                "split ratios must each lie in [0, 1], got train={train} validation={validation} test={test}"
+            )));
+        }
+        if ((train + validation + test) - 1.0).abs() > 1e-6 {
+            return Err(SpecError::Invalid(format!(
+                "split ratios must sum to 1, got {train} + {validation} + {test} = {}",
+                train + validation + test
+            )));
+        }
+        let zero = match self.size {
+            StoredSize::ShorterSide(s) => s == 0,
+            StoredSize::Exact([w, h]) => w == 0 || h == 0,
+        };
+        if zero {
+            return Err(SpecError::Invalid("stored size must be at least 1 pixel".into()));
+        }
+        if self.max_pixels == 0 {
+            return Err(SpecError::Invalid("max_pixels must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_spec_and_round_trips() {
+        let text = r#"
+            name = "flowers"
+            root = "/data/flowers"
+            seed = 7
+            split = { train = 0.7, validation = 0.2, test = 0.1 }
+            size = { exact = [224, 200] }
+            filter = "area"
+        "#;
+        let spec = DatasetSpec::from_toml(text).unwrap();
+        assert_eq!(spec.source, DatasetSource::Root("/data/flowers".into()));
+        assert_eq!(spec.size, StoredSize::Exact([224, 200]));
+        assert_eq!(spec.filter, ResizeFilter::Area);
+        assert_eq!(spec.seed, 7);
+        assert_eq!(DatasetSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn defaults_apply_and_manifest_is_a_source() {
+        let spec = DatasetSpec::from_toml(r#"manifest = "labels.csv""#).unwrap();
+        assert_eq!(spec.source, DatasetSource::Manifest("labels.csv".into()));
+        assert_eq!(spec.size, StoredSize::ShorterSide(256));
+        assert_eq!(spec.split, SplitRatios::default());
+    }
+
+    #[test]
+    fn rejects_bad_ratios_unknown_fields_and_zero_size() {
+        let bad_sum = r#"root = "x"
+            split = { train = 0.8, validation = 0.1, test = 0.2 }"#;
+        assert!(DatasetSpec::from_toml(bad_sum).unwrap_err().to_string().contains("sum to 1"));
+        assert!(DatasetSpec::from_toml("root = \"x\"\ncolour = 1").is_err());
+        assert!(DatasetSpec::from_toml("root = \"x\"\nsize = { shorter_side = 0 }").is_err());
+    }
+
+    #[test]
+    fn shorter_side_keeps_aspect_ratio() {
+        let s = StoredSize::ShorterSide(256);
+        assert_eq!(s.target(640, 480), (341, 256));
+        assert_eq!(s.target(480, 640), (256, 341));
+        assert_eq!(s.target(100, 100), (256, 256));
+        assert_eq!(s.target(5000, 1), (1_280_000, 256));
+        assert_eq!(StoredSize::Exact([10, 20]).target(640, 480), (10, 20));
+    }
+}

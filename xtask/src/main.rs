@@ -1,0 +1,85 @@
+//! `cargo xtask`: the project's conductor. It needs nothing but cargo.
+//!
+//! - `cargo xtask pipeline`   run every stage that exists on a dataset (the
+//!   built-in demo by default)
+//! - `cargo xtask test`       formatting, lints and the whole test suite
+//! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
+//! - `cargo xtask demo-data`  write the procedural demo image folder
+
+mod bench;
+mod pipeline;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer and pipeline commands for this workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline end to end (default: the built-in demo dataset).
+    Pipeline(pipeline::Args),
+    /// Check formatting and lints, then run every test.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+    /// Run the benchmarks and write BENCHMARKS.md.
+    Bench(bench::Args),
+    /// Write the procedural demo image folder.
+    DemoData {
+        #[arg(long, default_value = "runs/demo-images")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        per_class: usize,
+        #[arg(long, default_value_t = 160)]
+        width: u32,
+        #[arg(long, default_value_t = 120)]
+        height: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Leave out the deliberately broken files.
+        #[arg(long)]
+        no_broken: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = util::workspace_root();
+    std::env::set_current_dir(&root)?;
+    match Cli::parse().command {
+        Command::Pipeline(args) => pipeline::run(&args),
+        Command::Test { rest } => test(&rest),
+        Command::Bench(args) => bench::run(&args),
+        Command::DemoData { out, per_class, width, height, seed, no_broken } => {
+            let opts = demo::DemoOptions { per_class, width, height, seed, broken_files: !no_broken };
+            let made = demo::generate(&out, &opts)?;
+            println!(
+                "wrote {} images in {} classes (+{} broken, {} duplicate, {} conflicting) to {}",
+                made.images_per_class.iter().map(|(_, n)| n).sum::<usize>(),
+                made.images_per_class.len(),
+                made.rejects.len(),
+                made.duplicates.len(),
+                made.conflicts.len(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(rest.iter().map(String::as_str));
+    util::cargo(&args)
+}
