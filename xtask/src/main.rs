@@ -4,6 +4,8 @@
 //!   built-in demo by default)
 //! - `cargo xtask test`       formatting, lints and the whole test suite
 //! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
+//! - `cargo xtask setup`      fetch what the stages need at run time (the
+//!   ONNX Runtime library) from the package registries
 //! - `cargo xtask demo-data`  write the procedural demo image folder
 
 mod bench;
@@ -26,7 +28,9 @@ struct Cli {
 enum Command {
     /// Run the pipeline end to end (default: the built-in demo dataset).
     Pipeline(pipeline::Args),
-    /// Check formatting and lints, then run every test.
+    /// Fetch the ONNX Runtime library (pinned, checked) into the cache.
+    Setup,
+    /// Set up, check formatting and lints, then run every test.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match Cli::parse().command {
         Command::Pipeline(args) => pipeline::run(&args),
+        Command::Setup => setup(),
         Command::Test { rest } => test(&rest),
         Command::Bench(args) => bench::run(&args),
         Command::DemoData { out, per_class, width, height, seed, no_broken } => {
@@ -76,7 +81,14 @@ fn main() -> Result<()> {
     }
 }
 
+fn setup() -> Result<()> {
+    let library = runtime::ensure_ort_library()?;
+    println!("ONNX Runtime library: {}", library.display());
+    Ok(())
+}
+
 fn test(rest: &[String]) -> Result<()> {
+    setup()?;
     util::cargo(&["fmt", "--all", "--check"])?;
     util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     let mut args = vec!["test", "--workspace"];

@@ -7,9 +7,11 @@
 
 mod dataset;
 mod fingerprint;
+mod model;
 
 pub use dataset::{DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize};
 pub use fingerprint::{fingerprint, sha256_hex, Fingerprint};
+pub use model::{Block, ColorOrder, ConvBase, InputSpec, Layout, ModelSource, ModelSpec, Pooling, Preprocess, Resize};
 
 /// A spec that failed to parse or validate.
 #[derive(Debug, thiserror::Error)]
