@@ -1,0 +1,42 @@
+//! The classifier head: a small multilayer perceptron trained on cached
+//! embeddings, in pure Rust.
+//!
+//! Code map:
+//! - [`model`]: dense layers, activations, dropout, forward and backward.
+//! - [`loss`]: softmax fused with cross-entropy (label smoothing, class weights).
+//! - [`optim`]: SGD/momentum/Nesterov, Adam, AdamW, as fused element-wise updates.
+//! - [`schedule`]: constant, step, cosine with warm-up, one-cycle.
+//! - [`metrics`]: accuracy, top-k, per-class precision/recall/F1, confusion matrix.
+//! - [`train`]: the loop over a [`BatchSource`], early stopping, determinism.
+//! - [`config`]: [`HeadConfig`], the serde form used in experiment specs.
+//! - [`artifact`]: a trained head with its metadata.
+//! - [`io`]: safetensors + JSON files and the JSON-lines metrics log.
+//!
+//! Everything except [`io`] is pure: no files, no Parquet, no ONNX Runtime.
+//! The math is generic over [`Scalar`] (`f32`, `f64`) so the exact code that
+//! trains in f32 is checked against finite differences in f64.
+
+pub mod artifact;
+pub mod config;
+pub mod io;
+mod linalg;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod rng;
+mod scalar;
+pub mod schedule;
+#[cfg(test)]
+mod testutil;
+pub mod train;
+
+pub use artifact::{train_head, HeadMeta, TrainedHead};
+pub use config::{ClassWeights, ConfigError, EarlyStopping, HeadConfig, Monitor};
+pub use loss::{balanced_class_weights, softmax_cross_entropy, LossOptions};
+pub use metrics::{evaluate, Evaluation};
+pub use model::{Activation, Dense, Init, Mlp};
+pub use optim::{AdamConfig, AdamWConfig, Optimizer, OptimizerConfig, SgdConfig};
+pub use scalar::Scalar;
+pub use schedule::Schedule;
+pub use train::{fit, fit_model, BatchSource, EpochRecord, FitOutcome, InMemory, TrainError, Trainer};
