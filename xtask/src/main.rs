@@ -6,9 +6,11 @@
 //! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
 //! - `cargo xtask setup`      fetch what the stages need at run time (the
 //!   ONNX Runtime library) from the package registries
+//! - `cargo xtask fetch-model NAME`  fetch, verify and cut a model
 //! - `cargo xtask demo-data`  write the procedural demo image folder
 
 mod bench;
+mod fetch_model;
 mod pipeline;
 mod util;
 
@@ -38,6 +40,8 @@ enum Command {
     },
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench(bench::Args),
+    /// Fetch, verify and cut a model into the cache (a name in data-specs/models, or a spec path).
+    FetchModel { name: String },
     /// Write the procedural demo image folder.
     DemoData {
         #[arg(long, default_value = "runs/demo-images")]
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Pipeline(args) => pipeline::run(&args),
         Command::Setup => setup(),
+        Command::FetchModel { name } => fetch_model::run(&name),
         Command::Test { rest } => test(&rest),
         Command::Bench(args) => bench::run(&args),
         Command::DemoData { out, per_class, width, height, seed, no_broken } => {
