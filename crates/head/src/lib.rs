@@ -11,8 +11,9 @@
 //! - [`config`]: [`HeadConfig`], the serde form used in experiment specs.
 //! - [`artifact`]: a trained head with its metadata.
 //! - [`io`]: safetensors + JSON files and the JSON-lines metrics log.
+//! - [`onnx_export`]: the head as an ONNX graph (embedding → probabilities).
 //!
-//! Everything except [`io`] is pure: no files, no Parquet, no ONNX Runtime.
+//! Everything except [`io`] and [`onnx_export`] is pure: no files, no Parquet, no ONNX Runtime.
 //! The math is generic over [`Scalar`] (`f32`, `f64`) so the exact code that
 //! trains in f32 is checked against finite differences in f64.
 
@@ -23,6 +24,7 @@ mod linalg;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod onnx_export;
 pub mod optim;
 pub mod rng;
 mod scalar;
