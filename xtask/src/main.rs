@@ -5,7 +5,7 @@
 //! - `cargo xtask test`       formatting, lints and the whole test suite
 //! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
 //! - `cargo xtask setup`      fetch what the stages need at run time (the
-//!   ONNX Runtime library) from the package registries
+//!   ONNX Runtime library, the training venv) from the package registries
 //! - `cargo xtask fetch-model NAME`  fetch, verify and cut a model
 //! - `cargo xtask demo-data`  write the procedural demo image folder
 
@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Run the pipeline end to end (default: the built-in demo dataset).
     Pipeline(pipeline::Args),
-    /// Fetch the ONNX Runtime library (pinned, checked) into the cache.
+    /// Fetch the ONNX Runtime library (pinned, checked) and make the Python
+    /// venv with ONNX Runtime's training API, in the cache.
     Setup,
     /// Set up, check formatting and lints, then run every test.
     Test {
@@ -89,6 +90,8 @@ fn main() -> Result<()> {
 fn setup() -> Result<()> {
     let library = runtime::ensure_ort_library()?;
     println!("ONNX Runtime library: {}", library.display());
+    let venv = runtime::ensure_training_venv()?;
+    println!("ONNX Runtime training venv: {}", venv.dir.display());
     Ok(())
 }
 

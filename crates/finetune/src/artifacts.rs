@@ -1,0 +1,216 @@
+//! Training artifacts (training, eval and optimizer graphs plus the initial
+//! checkpoint) in a folder named by a fingerprint of everything they depend
+//! on: the composed graph's bytes, the trainable and frozen parameter lists,
+//! the loss, the optimizer and the training API version. Unchanged inputs
+//! reuse the folder; anything else makes a new one.
+//!
+//! A folder is complete when its `artifacts.json` holds the full
+//! fingerprint: artifacts are generated into a temporary sibling, the
+//! manifest is written last, and the folder is renamed into place.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use onnx_graph::ModelProto;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FinetuneError, Result};
+use crate::ort_training::{Loss, ModelFiles, OptimizerKind, OrtTraining, TRAINING_API_VERSION};
+use crate::select::ParameterSplit;
+
+/// The manifest file inside an artifacts folder.
+pub const MANIFEST: &str = "artifacts.json";
+/// The composed graph handed to `generate_artifacts`; removed afterwards
+/// (its weights are in the checkpoint; its SHA-256 is in the manifest).
+const BASE_MODEL: &str = "base_model.onnx";
+/// The initial checkpoint `generate_artifacts` writes.
+pub const CHECKPOINT: &str = "checkpoint";
+/// Bumped when the folder layout or the generation call changes.
+const FORMAT_VERSION: u32 = 1;
+
+/// What to generate artifacts for.
+#[derive(Clone, Copy, Debug)]
+pub struct ArtifactRequest<'a> {
+    /// The composed graph: one image input, one output (the logits).
+    pub model: &'a ModelProto,
+    pub split: &'a ParameterSplit,
+    pub loss: Loss,
+    pub optimizer: OptimizerKind,
+}
+
+/// `artifacts.json`: what the folder holds and what it was made from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactsManifest {
+    pub format_version: u32,
+    /// SHA-256 over the inputs (see the module doc), 64 hex characters.
+    pub fingerprint: String,
+    pub training_api_version: String,
+    /// SHA-256 of the composed graph the artifacts were made from.
+    pub model_sha256: String,
+    /// The graph input fed with images (or cached activations).
+    pub input: String,
+    /// The graph output holding the logits; the training and eval models
+    /// output the loss and then it.
+    pub logits: String,
+    pub trainable: Vec<String>,
+    pub frozen: Vec<String>,
+    pub loss: Loss,
+    pub optimizer: OptimizerKind,
+    /// How long `generate_artifacts` took.
+    pub generation_seconds: f64,
+}
+
+/// A complete artifacts folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Artifacts {
+    pub dir: PathBuf,
+    pub manifest: ArtifactsManifest,
+    /// False when an existing folder was reused.
+    pub generated: bool,
+}
+
+impl Artifacts {
+    pub fn files(&self) -> ModelFiles {
+        ModelFiles {
+            training_model: self.dir.join("training_model.onnx"),
+            eval_model: self.dir.join("eval_model.onnx"),
+            optimizer_model: self.dir.join("optimizer_model.onnx"),
+        }
+    }
+
+    /// The initial checkpoint: the composed graph's weights, no optimizer state.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join(CHECKPOINT)
+    }
+
+    /// Reads a complete folder (one with a manifest).
+    pub fn open(dir: &Path) -> Result<Artifacts> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(FinetuneError::io("cannot read", &path))?;
+        let manifest: ArtifactsManifest = serde_json::from_str(&text).map_err(|e| FinetuneError::Run {
+            path: path.clone(),
+            message: format!("not an artifacts manifest: {e}"),
+        })?;
+        Ok(Artifacts { dir: dir.to_owned(), manifest, generated: false })
+    }
+}
+
+/// The fingerprint of an artifact request.
+pub fn fingerprint(request: &ArtifactRequest<'_>) -> Result<spec::Fingerprint> {
+    let (input, logits) = endpoints(request.model)?;
+    let model_sha256 = spec::sha256_hex(&onnx_graph::encode_model(request.model));
+    Ok(spec::fingerprint(
+        "finetune-artifacts",
+        &(
+            FORMAT_VERSION,
+            TRAINING_API_VERSION,
+            model_sha256,
+            input,
+            logits,
+            &request.split,
+            request.loss,
+            request.optimizer,
+        ),
+    ))
+}
+
+/// Returns the artifacts for `request` under `root` (as
+/// `root/artifacts-<fingerprint prefix>/`), generating them if no complete
+/// folder exists.
+pub fn ensure_artifacts(ort: &OrtTraining, root: &Path, request: &ArtifactRequest<'_>) -> Result<Artifacts> {
+    let fingerprint = fingerprint(request)?;
+    let dir = root.join(format!("artifacts-{}", fingerprint.short()));
+    if let Ok(existing) = Artifacts::open(&dir) {
+        if existing.manifest.fingerprint == fingerprint.0 {
+            return Ok(existing);
+        }
+        return Err(FinetuneError::Run {
+            path: dir,
+            message: format!(
+                "holds artifacts with fingerprint {}, not {}; remove the folder",
+                existing.manifest.fingerprint, fingerprint.0
+            ),
+        });
+    }
+
+    std::fs::create_dir_all(root).map_err(FinetuneError::io("cannot create", root))?;
+    let partial = root.join(format!(".artifacts-{}.partial-{}", fingerprint.short(), std::process::id()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(FinetuneError::io("cannot remove", &partial))?;
+    }
+    // generate_artifacts does not create its folder.
+    std::fs::create_dir_all(&partial).map_err(FinetuneError::io("cannot create", &partial))?;
+    let result = generate_into(ort, &partial, request, &fingerprint);
+    let manifest = match result {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(error);
+        }
+    };
+    match std::fs::rename(&partial, &dir) {
+        Ok(()) => Ok(Artifacts { dir, manifest, generated: true }),
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            // Another process may have finished the same folder first.
+            match Artifacts::open(&dir) {
+                Ok(existing) if existing.manifest.fingerprint == fingerprint.0 => Ok(existing),
+                _ => Err(FinetuneError::Io { what: "cannot move artifacts into", path: dir, source: error }),
+            }
+        }
+    }
+}
+
+fn generate_into(
+    ort: &OrtTraining,
+    dir: &Path,
+    request: &ArtifactRequest<'_>,
+    fingerprint: &spec::Fingerprint,
+) -> Result<ArtifactsManifest> {
+    let (input, logits) = endpoints(request.model)?;
+    let base = dir.join(BASE_MODEL);
+    let bytes = onnx_graph::encode_model(request.model);
+    std::fs::write(&base, &bytes).map_err(FinetuneError::io("cannot write", &base))?;
+    let started = Instant::now();
+    ort.generate_artifacts(
+        &base,
+        &request.split.trainable,
+        &request.split.frozen,
+        request.loss,
+        request.optimizer,
+        std::slice::from_ref(&logits),
+        dir,
+    )?;
+    std::fs::remove_file(&base).map_err(FinetuneError::io("cannot remove", &base))?;
+    let manifest = ArtifactsManifest {
+        format_version: FORMAT_VERSION,
+        fingerprint: fingerprint.0.clone(),
+        training_api_version: TRAINING_API_VERSION.to_owned(),
+        model_sha256: spec::sha256_hex(&bytes),
+        input,
+        logits,
+        trainable: request.split.trainable.clone(),
+        frozen: request.split.frozen.clone(),
+        loss: request.loss,
+        optimizer: request.optimizer,
+        generation_seconds: started.elapsed().as_secs_f64(),
+    };
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(&manifest).expect("the manifest serialises");
+    std::fs::write(&path, text + "\n").map_err(FinetuneError::io("cannot write", &path))?;
+    Ok(manifest)
+}
+
+/// The graph's one input and one output.
+fn endpoints(model: &ModelProto) -> Result<(String, String)> {
+    let inputs = onnx_graph::inputs(model)?;
+    let outputs = onnx_graph::outputs(model)?;
+    match (inputs.as_slice(), outputs.as_slice()) {
+        ([input], [output]) => Ok((input.name.clone(), output.name.clone())),
+        _ => Err(FinetuneError::Config(format!(
+            "a graph to train must have one input and one output (the logits); this one has inputs {:?} and outputs {:?}",
+            inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
+            outputs.iter().map(|o| &o.name).collect::<Vec<_>>()
+        ))),
+    }
+}

@@ -1,0 +1,560 @@
+//! One ONNX graph from image to logits: the conv base (from its ONNX file),
+//! the pooling the features stage used (flatten, or global average/max),
+//! and the head's dense layers initialised from the trained head's weights.
+//! The inference graph is the same with a softmax appended.
+//!
+//! Pure: graphs in, graphs out; no I/O, no runtime.
+
+use std::collections::HashSet;
+
+use onnx_graph::builder::{float_attribute, int_attribute};
+use onnx_graph::proto::{data_type, GraphProto, ModelProto, NodeProto};
+use onnx_graph::shape::{self, Dim};
+use onnx_graph::{graph, graph_mut, set_metadata, tensor};
+use spec::{Layout, Pooling};
+
+use crate::error::{FinetuneError, Result};
+
+/// The composed graph's output: class scores before softmax.
+pub const LOGITS: &str = "logits";
+/// The inference graph's output: class probabilities (softmax of the logits).
+pub const PROBABILITIES: &str = "probabilities";
+/// Prefix of the head's parameter names in the composed graph
+/// (`head.dense0.weight`, `head.dense0.bias`, ...).
+pub const HEAD_PREFIX: &str = "head.";
+/// The highest ONNX IR version ONNX Runtime 1.19 (the training API) reads.
+pub const MAX_TRAINING_IR_VERSION: i64 = 10;
+
+/// Metadata keys the composed graph carries.
+pub const META_HEAD_INIT: &str = "finetune.head_init";
+pub const META_CONV_BASE_OUTPUT: &str = "finetune.conv_base_output";
+pub const META_POOLING: &str = "finetune.pooling";
+
+/// One dense layer of the head: `y = x · W + b`, with `W` stored row-major
+/// as `[inputs, outputs]` (the Keras layout; see [`DenseLayer::from_out_in`]
+/// for the PyTorch/`head` crate layout). ReLU follows every layer but the
+/// last.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseLayer {
+    /// `inputs * outputs` values, row-major `[inputs, outputs]`.
+    pub weight: Vec<f32>,
+    /// `[inputs, outputs]`.
+    pub dims: [usize; 2],
+    /// `outputs` values.
+    pub bias: Vec<f32>,
+}
+
+impl DenseLayer {
+    /// A layer from a `[inputs, outputs]` weight.
+    pub fn new(weight: Vec<f32>, dims: [usize; 2], bias: Vec<f32>) -> DenseLayer {
+        DenseLayer { weight, dims, bias }
+    }
+
+    /// A layer from a `[outputs, inputs]` weight (PyTorch `Linear`, the
+    /// `head` crate's `Dense`), transposed into this layout.
+    pub fn from_out_in(weight: &[f32], outputs: usize, inputs: usize, bias: Vec<f32>) -> Result<DenseLayer> {
+        if weight.len() != outputs * inputs {
+            return Err(FinetuneError::Head(format!(
+                "weight has {} values, not {outputs} x {inputs} = {}",
+                weight.len(),
+                outputs * inputs
+            )));
+        }
+        let mut transposed = vec![0.0; weight.len()];
+        for o in 0..outputs {
+            for i in 0..inputs {
+                transposed[i * outputs + o] = weight[o * inputs + i];
+            }
+        }
+        Ok(DenseLayer { weight: transposed, dims: [inputs, outputs], bias })
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.dims[0]
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.dims[1]
+    }
+}
+
+/// Where the head's starting weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeadInit {
+    /// The trained head's layers, in order (the normal case).
+    Trained(Vec<DenseLayer>),
+    /// Seeded random layers (He-uniform weights, zero biases). Refused
+    /// unless [`ComposeOptions::allow_random_head`] is set: fine-tuning from
+    /// a random head wrecks the pretrained features.
+    Random { hidden: Vec<usize>, classes: usize, seed: u64 },
+}
+
+/// How to compose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComposeOptions {
+    /// The tensor where the conv base ends; `None`: the graph's only output.
+    /// If the graph goes on past it (a full model), it is cut there.
+    pub conv_base_output: Option<String>,
+    /// The pooling the features stage applied before the head (the model
+    /// spec's `conv_base.pooling`).
+    pub pooling: Pooling,
+    /// The length of the head's input (the model spec's `embedding_len()`);
+    /// checked against the head when given, needed for a random head when
+    /// the conv base's output shape cannot be inferred.
+    pub feature_len: Option<usize>,
+    /// Fixes the image input's spatial dims to `[width, height]` (the model
+    /// spec's `input.size`), on the axes `input_layout` says. The training
+    /// graphs need fixed spatial dims: ONNX Runtime 1.19's training session
+    /// crashes (SIGSEGV in `train_step`) when height and width are symbolic.
+    pub input_size: Option<[u32; 2]>,
+    pub input_layout: Layout,
+    /// Allows [`HeadInit::Random`].
+    pub allow_random_head: bool,
+}
+
+impl Default for ComposeOptions {
+    fn default() -> Self {
+        ComposeOptions {
+            conv_base_output: None,
+            pooling: Pooling::Flatten,
+            feature_len: None,
+            input_size: None,
+            input_layout: Layout::Nchw,
+            allow_random_head: false,
+        }
+    }
+}
+
+impl ComposeOptions {
+    /// The options a model spec implies: its conv base output, pooling,
+    /// embedding length and input size and layout.
+    pub fn from_spec(spec: &spec::ModelSpec) -> ComposeOptions {
+        ComposeOptions {
+            conv_base_output: Some(spec.conv_base.output.clone()),
+            pooling: spec.conv_base.pooling,
+            feature_len: Some(spec.embedding_len()),
+            input_size: Some(spec.input.size),
+            input_layout: spec.input.layout,
+            allow_random_head: false,
+        }
+    }
+}
+
+/// The composed graphs.
+#[derive(Clone, Debug)]
+pub struct Composed {
+    /// Image in, [`LOGITS`] out: what the training artifacts are made from.
+    pub training: ModelProto,
+    /// Image in, [`PROBABILITIES`] out.
+    pub inference: ModelProto,
+    /// The graph's image input.
+    pub image_input: String,
+    /// The head's parameter names (always trainable).
+    pub head_params: Vec<String>,
+    pub classes: usize,
+}
+
+/// Composes conv base + pooling + head into one graph (see the module doc).
+pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions) -> Result<Composed> {
+    if conv_base.ir_version > MAX_TRAINING_IR_VERSION {
+        return Err(FinetuneError::Config(format!(
+            "the conv base has ONNX IR version {}, and ONNX Runtime 1.19 (the training API) reads at most {}; \
+             re-export it with onnx 1.17 or earlier",
+            conv_base.ir_version, MAX_TRAINING_IR_VERSION
+        )));
+    }
+    let outputs = onnx_graph::outputs(conv_base)?;
+    let base_output = match &options.conv_base_output {
+        Some(name) => name.clone(),
+        None if outputs.len() == 1 => outputs[0].name.clone(),
+        None => {
+            return Err(FinetuneError::Config(format!(
+                "the conv base has {} outputs; say which one ends the conv base",
+                outputs.len()
+            )))
+        }
+    };
+    let mut model = if outputs.len() == 1 && outputs[0].name == base_output {
+        conv_base.clone()
+    } else {
+        onnx_graph::cut_at(conv_base, &base_output)?
+    };
+    let inputs = onnx_graph::inputs(&model)?;
+    let [image] = inputs.as_slice() else {
+        return Err(FinetuneError::Config(format!(
+            "the conv base must have exactly one input (the image); it has {:?}",
+            inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+        )));
+    };
+    let image_input = image.name.clone();
+    let batch_dim = image.dims.as_ref().and_then(|d| d.first().cloned()).unwrap_or(Dim::Unknown);
+    fix_spatial_dims(&mut model, &image_input, options)?;
+
+    let inferred_len = pooled_feature_len(graph(&model)?, &base_output, options.pooling);
+    let expected_len = options.feature_len.or(inferred_len);
+    let layers = head_layers(head, options, expected_len)?;
+    check_layers(&layers, expected_len)?;
+    let classes = layers.last().expect("checked: at least one layer").outputs();
+
+    let head_params = append_head(graph_mut(&mut model)?, &base_output, options.pooling, &layers)?;
+    let graph = graph_mut(&mut model)?;
+    graph.output = vec![shape::tensor_value_info(
+        LOGITS,
+        data_type::FLOAT,
+        Some(&[batch_dim.clone(), Dim::Fixed(classes as i64)]),
+    )];
+    let head_note = match head {
+        HeadInit::Trained(_) => "trained".to_owned(),
+        HeadInit::Random { seed, .. } => format!("random: seeded He-uniform (seed {seed}), not trained"),
+    };
+    set_metadata(&mut model, META_HEAD_INIT, head_note);
+    set_metadata(&mut model, META_CONV_BASE_OUTPUT, base_output.as_str());
+    set_metadata(&mut model, META_POOLING, format!("{:?}", options.pooling).to_lowercase());
+
+    let mut inference = model.clone();
+    append_softmax(&mut inference, LOGITS, PROBABILITIES)?;
+    Ok(Composed { training: model, inference, image_input, head_params, classes })
+}
+
+/// Appends `Softmax(axis = 1)` to `from` and makes `to` the only graph
+/// output (used for the composed inference graph and the exported model).
+pub fn append_softmax(model: &mut ModelProto, from: &str, to: &str) -> Result<()> {
+    let graph = graph_mut(model)?;
+    let names = tensor_names(graph);
+    if !names.contains(from) {
+        return Err(onnx_graph::GraphError::UnknownTensor(from.to_owned()).into());
+    }
+    if names.contains(to) {
+        return Err(onnx_graph::GraphError::DuplicateName(to.to_owned()).into());
+    }
+    let dims = graph
+        .output
+        .iter()
+        .find(|o| o.name == from)
+        .and_then(shape::tensor_info)
+        .and_then(|info| info.dims)
+        .unwrap_or_else(|| vec![Dim::Unknown, Dim::Unknown]);
+    graph.node.push(NodeProto {
+        name: "/head/Softmax".to_owned(),
+        op_type: "Softmax".to_owned(),
+        input: vec![from.to_owned()],
+        output: vec![to.to_owned()],
+        attribute: vec![int_attribute("axis", 1)],
+        ..Default::default()
+    });
+    graph.output = vec![shape::tensor_value_info(to, data_type::FLOAT, Some(&dims))];
+    Ok(())
+}
+
+fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<usize>) -> Result<Vec<DenseLayer>> {
+    match head {
+        HeadInit::Trained(layers) => Ok(layers.clone()),
+        HeadInit::Random { .. } if !options.allow_random_head => Err(FinetuneError::RandomHeadRefused),
+        HeadInit::Random { hidden, classes, seed } => {
+            let mut inputs = feature_len.ok_or_else(|| {
+                FinetuneError::Head(
+                    "cannot size a random head: the conv base's output shape is not known; \
+                     give ComposeOptions::feature_len"
+                        .into(),
+                )
+            })?;
+            let mut layers = Vec::new();
+            for (index, &outputs) in hidden.iter().chain(std::iter::once(classes)).enumerate() {
+                let name = format!("{HEAD_PREFIX}dense{index}.weight");
+                let weight = onnx_graph::rng::SeededRng::for_tensor(*seed, &name).he_uniform(inputs, inputs * outputs);
+                layers.push(DenseLayer::new(weight, [inputs, outputs], vec![0.0; outputs]));
+                inputs = outputs;
+            }
+            Ok(layers)
+        }
+    }
+}
+
+fn check_layers(layers: &[DenseLayer], feature_len: Option<usize>) -> Result<()> {
+    if layers.is_empty() {
+        return Err(FinetuneError::Head("the head has no layers".into()));
+    }
+    for (index, layer) in layers.iter().enumerate() {
+        let [inputs, outputs] = layer.dims;
+        if inputs == 0 || outputs == 0 {
+            return Err(FinetuneError::Head(format!("layer {index} has dims {:?}", layer.dims)));
+        }
+        if layer.weight.len() != inputs * outputs || layer.bias.len() != outputs {
+            return Err(FinetuneError::Head(format!(
+                "layer {index} is [{inputs}, {outputs}] but has {} weights and {} biases",
+                layer.weight.len(),
+                layer.bias.len()
+            )));
+        }
+        if layer.weight.iter().chain(&layer.bias).any(|v| !v.is_finite()) {
+            return Err(FinetuneError::Head(format!("layer {index} holds NaN or infinite values")));
+        }
+        if let Some(previous) = index.checked_sub(1).map(|i| &layers[i]) {
+            if previous.outputs() != inputs {
+                return Err(FinetuneError::Head(format!(
+                    "layer {} has {} outputs but layer {index} takes {inputs} inputs",
+                    index - 1,
+                    previous.outputs()
+                )));
+            }
+        }
+    }
+    if let Some(expected) = feature_len {
+        if layers[0].inputs() != expected {
+            return Err(FinetuneError::Head(format!(
+                "the head takes {} inputs but the conv base gives {expected} features (after pooling); \
+                 was the head trained on another model, pooling or input size?",
+                layers[0].inputs()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the image input's spatial dims from `options.input_size`, then
+/// checks that every dim but the batch is fixed.
+fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOptions) -> Result<()> {
+    let graph = graph_mut(model)?;
+    let value_info = graph.input.iter_mut().find(|v| v.name == input).expect("the input exists");
+    let mut dims = shape::tensor_info(value_info)
+        .and_then(|info| info.dims)
+        .ok_or_else(|| FinetuneError::Config(format!("the image input {input:?} has no known rank")))?;
+    if dims.len() != 4 {
+        return Err(FinetuneError::Config(format!("the image input {input:?} has rank {}, not 4", dims.len())));
+    }
+    if let Some([width, height]) = options.input_size {
+        let (h_axis, w_axis) = match options.input_layout {
+            Layout::Nchw => (2, 3),
+            Layout::Nhwc => (1, 2),
+        };
+        for (axis, size) in [(h_axis, height), (w_axis, width)] {
+            match &dims[axis] {
+                Dim::Fixed(fixed) if *fixed != i64::from(size) => {
+                    return Err(FinetuneError::Config(format!(
+                        "the image input {input:?} has size {fixed} on axis {axis}, the spec says {size}"
+                    )))
+                }
+                _ => dims[axis] = Dim::Fixed(i64::from(size)),
+            }
+        }
+        shape::set_dims(value_info, Some(&dims));
+    }
+    if dims.iter().skip(1).any(|d| d.fixed().is_none()) {
+        let shown: Vec<String> = dims.iter().map(ToString::to_string).collect();
+        return Err(FinetuneError::Config(format!(
+            "the image input {input:?} has dims [{}]; training needs fixed channel and spatial dims \
+             (ONNX Runtime 1.19's training session crashes on symbolic height and width): \
+             set ComposeOptions::input_size (the model spec's input.size)",
+            shown.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The feature length after pooling, when the conv base's output dims are
+/// fixed.
+fn pooled_feature_len(graph: &GraphProto, output: &str, pooling: Pooling) -> Option<usize> {
+    let fixed = |dims: Option<Vec<Dim>>| -> Option<Vec<i64>> { dims?.iter().skip(1).map(Dim::fixed).collect() };
+    let declared = graph.output.iter().find(|o| o.name == output).and_then(shape::tensor_info);
+    let fixed = fixed(declared.and_then(|i| i.dims)).or_else(|| fixed(shape::infer(graph).remove(output)?.dims))?;
+    match pooling {
+        Pooling::Flatten => Some(fixed.iter().product::<i64>() as usize),
+        Pooling::Avg | Pooling::Max => fixed.first().map(|&c| c as usize),
+    }
+}
+
+/// Appends pooling, flatten and the dense layers after `input`; returns the
+/// head's parameter names. The last layer's output is [`LOGITS`].
+fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[DenseLayer]) -> Result<Vec<String>> {
+    let existing = tensor_names(graph);
+    let mut added: Vec<String> = Vec::new();
+    let mut nodes: Vec<NodeProto> = Vec::new();
+    let mut node = |op: &str, name: &str, inputs: &[&str], output: String, attribute| {
+        nodes.push(NodeProto {
+            name: name.to_owned(),
+            op_type: op.to_owned(),
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![output.clone()],
+            attribute,
+            ..Default::default()
+        });
+        output
+    };
+
+    let mut x = input.to_owned();
+    let pool = match pooling {
+        Pooling::Flatten => None,
+        Pooling::Avg => Some("GlobalAveragePool"),
+        Pooling::Max => Some("GlobalMaxPool"),
+    };
+    if let Some(op) = pool {
+        x = node(op, "/head/Pool", &[&x], "/head/Pool_output_0".into(), vec![]);
+    }
+    x = node("Flatten", "/head/Flatten", &[&x], "/head/Flatten_output_0".into(), vec![int_attribute("axis", 1)]);
+
+    let mut params = Vec::new();
+    let mut initializers = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let last = index + 1 == layers.len();
+        let weight = format!("{HEAD_PREFIX}dense{index}.weight");
+        let bias = format!("{HEAD_PREFIX}dense{index}.bias");
+        let [inputs, outputs] = layer.dims;
+        initializers.push(tensor::f32_tensor(&weight, &[inputs as i64, outputs as i64], &layer.weight));
+        initializers.push(tensor::f32_tensor(&bias, &[outputs as i64], &layer.bias));
+        let gemm_out = if last { LOGITS.to_owned() } else { format!("/head/dense{index}/Gemm_output_0") };
+        let attributes = vec![float_attribute("alpha", 1.0), float_attribute("beta", 1.0)];
+        x = node("Gemm", &format!("/head/dense{index}/Gemm"), &[&x, &weight, &bias], gemm_out, attributes);
+        if !last {
+            x = node(
+                "Relu",
+                &format!("/head/dense{index}/Relu"),
+                &[&x],
+                format!("/head/dense{index}/Relu_output_0"),
+                vec![],
+            );
+        }
+        params.push(weight);
+        params.push(bias);
+    }
+    added.extend(nodes.iter().flat_map(|n| n.output.iter().cloned()));
+    added.extend(params.iter().cloned());
+    if let Some(clash) = added.iter().find(|name| existing.contains(name.as_str())) {
+        return Err(onnx_graph::GraphError::DuplicateName(clash.clone()).into());
+    }
+    graph.node.extend(nodes);
+    graph.initializer.extend(initializers);
+    Ok(params)
+}
+
+fn tensor_names(graph: &GraphProto) -> HashSet<&str> {
+    let mut names = HashSet::new();
+    names.extend(graph.input.iter().map(|v| v.name.as_str()));
+    names.extend(graph.output.iter().map(|v| v.name.as_str()));
+    names.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    for node in &graph.node {
+        names.extend(node.input.iter().chain(&node.output).map(String::as_str));
+    }
+    names.remove("");
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_graph::reference::{self, Tensor};
+    use onnx_graph::vgg;
+
+    fn conv_base() -> ModelProto {
+        onnx_graph::cut_at(&vgg::tiny_vgg(3), vgg::CONV_BASE_OUTPUT).unwrap()
+    }
+
+    fn head(seed: u64) -> Vec<DenseLayer> {
+        let mut rng = onnx_graph::rng::SeededRng::new(seed);
+        vec![
+            DenseLayer::new(rng.uniform_vec(-0.3, 0.3, 16 * 8), [16, 8], rng.uniform_vec(-0.1, 0.1, 8)),
+            DenseLayer::new(rng.uniform_vec(-0.3, 0.3, 8 * 5), [8, 5], rng.uniform_vec(-0.1, 0.1, 5)),
+        ]
+    }
+
+    #[test]
+    fn composed_graph_is_conv_base_then_head() {
+        let layers = head(1);
+        let composed = compose(&conv_base(), &HeadInit::Trained(layers.clone()), &ComposeOptions::default()).unwrap();
+        assert_eq!(composed.classes, 5);
+        assert_eq!(composed.image_input, vgg::INPUT_NAME);
+        assert_eq!(
+            composed.head_params,
+            ["head.dense0.weight", "head.dense0.bias", "head.dense1.weight", "head.dense1.bias"]
+        );
+
+        let mut rng = onnx_graph::rng::SeededRng::new(9);
+        let images = Tensor::new(vec![2, 3, 32, 32], rng.uniform_vec(-1.0, 1.0, 2 * 3 * 32 * 32));
+        let feeds = [(vgg::INPUT_NAME, images.clone())];
+        let logits = reference::evaluate(&composed.training, &feeds, &[LOGITS]).unwrap().remove(0);
+        let probabilities = reference::evaluate(&composed.inference, &feeds, &[PROBABILITIES]).unwrap().remove(0);
+
+        // By hand: features from the conv base, then the two layers.
+        let features = reference::evaluate(&conv_base(), &feeds, &[vgg::CONV_BASE_OUTPUT]).unwrap().remove(0);
+        let x = reference::flatten(&features, 1);
+        let w0 = Tensor::new(vec![16, 8], layers[0].weight.clone());
+        let b0 = Tensor::new(vec![8], layers[0].bias.clone());
+        let h = reference::relu(&reference::gemm(&x, &w0, Some(&b0), 1.0, 1.0, false, false));
+        let w1 = Tensor::new(vec![8, 5], layers[1].weight.clone());
+        let b1 = Tensor::new(vec![5], layers[1].bias.clone());
+        let expected = reference::gemm(&h, &w1, Some(&b1), 1.0, 1.0, false, false);
+        assert_eq!(logits.dims, [2, 5]);
+        assert!(logits.max_abs_diff(&expected) < 1e-6);
+        assert!(probabilities.max_abs_diff(&reference::softmax(&expected)) < 1e-6);
+    }
+
+    #[test]
+    fn a_random_head_is_refused_unless_allowed() {
+        let random = HeadInit::Random { hidden: vec![8], classes: 3, seed: 5 };
+        let err = compose(&conv_base(), &random, &ComposeOptions::default()).unwrap_err();
+        assert!(matches!(err, FinetuneError::RandomHeadRefused), "{err}");
+        let options = ComposeOptions { allow_random_head: true, ..Default::default() };
+        let composed = compose(&conv_base(), &random, &options).unwrap();
+        assert_eq!(composed.classes, 3);
+        let note = onnx_graph::metadata(&composed.training, META_HEAD_INIT).unwrap();
+        assert!(note.starts_with("random"), "{note}");
+        // Seeded: the same seed gives the same weights.
+        let again = compose(&conv_base(), &random, &options).unwrap();
+        assert_eq!(
+            onnx_graph::initializer_f32(&composed.training, "head.dense0.weight").unwrap(),
+            onnx_graph::initializer_f32(&again.training, "head.dense0.weight").unwrap()
+        );
+    }
+
+    #[test]
+    fn mismatched_heads_are_reported() {
+        let mut layers = head(1);
+        layers[1].dims = [7, 5];
+        layers[1].weight = vec![0.0; 35];
+        let err = compose(&conv_base(), &HeadInit::Trained(layers), &ComposeOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("layer 0 has 8 outputs but layer 1 takes 7"), "{err}");
+
+        let wide = vec![DenseLayer::new(vec![0.0; 32 * 2], [32, 2], vec![0.0; 2])];
+        let err = compose(&conv_base(), &HeadInit::Trained(wide), &ComposeOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("the head takes 32 inputs but the conv base gives 16"), "{err}");
+    }
+
+    #[test]
+    fn a_full_model_is_cut_and_pooling_is_applied() {
+        let options = ComposeOptions {
+            conv_base_output: Some(vgg::CONV_BASE_OUTPUT.into()),
+            pooling: Pooling::Avg,
+            ..Default::default()
+        };
+        // Global pooling of [N, 16, 1, 1] keeps 16 features.
+        let composed = compose(&vgg::tiny_vgg(3), &HeadInit::Trained(head(2)), &options).unwrap();
+        let ops: Vec<&str> = graph(&composed.training).unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(ops.ends_with(&["GlobalAveragePool", "Flatten", "Gemm", "Relu", "Gemm"]), "{ops:?}");
+        assert!(onnx_graph::initializers(&composed.training)
+            .unwrap()
+            .iter()
+            .all(|t| !t.name.starts_with("classifier")));
+    }
+
+    #[test]
+    fn spatial_dims_are_fixed_from_the_spec_or_the_graph_is_refused() {
+        let mut free = conv_base();
+        onnx_graph::free_input_dims(&mut free, vgg::INPUT_NAME, &[(2, "height"), (3, "width")]).unwrap();
+        let err = compose(&free, &HeadInit::Trained(head(1)), &ComposeOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("symbolic height and width"), "{err}");
+
+        let options = ComposeOptions { input_size: Some([32, 32]), ..Default::default() };
+        let composed = compose(&free, &HeadInit::Trained(head(1)), &options).unwrap();
+        let dims = onnx_graph::inputs(&composed.training).unwrap().remove(0).dims.unwrap();
+        assert_eq!(dims[1..], [Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)]);
+
+        let wrong = ComposeOptions { input_size: Some([64, 64]), ..Default::default() };
+        assert!(compose(&conv_base(), &HeadInit::Trained(head(1)), &wrong).is_err());
+    }
+
+    #[test]
+    fn from_out_in_transposes() {
+        let layer = DenseLayer::from_out_in(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, vec![0.0; 2]).unwrap();
+        assert_eq!(layer.dims, [3, 2]);
+        assert_eq!(layer.weight, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}

@@ -1,0 +1,45 @@
+//! Fine-tuning: the conv base and the trained head composed into one ONNX
+//! graph, the top block and the head trained with ONNX Runtime's training
+//! API, and the result exported as one image-to-probabilities model that
+//! stock ONNX Runtime runs.
+//!
+//! - [`compose`]: conv base + pooling + head (from its weights) → one graph
+//!   (logits) and its inference twin (probabilities). Refuses a random head
+//!   unless asked.
+//! - [`select`]: which parameters train (`block5`, the last N convs, names;
+//!   the head always).
+//! - [`ort_training`]: the only module that talks to Python (PyO3): the
+//!   training API of `onnxruntime-training` 1.19.2.
+//! - [`artifacts`]: training artifacts in a folder keyed by a fingerprint.
+//! - [`data`], [`schedule`], [`train`]: the training loop in Rust, with
+//!   validation, early stopping, best checkpoint, metrics and resume.
+//! - [`export`]: the best checkpoint as `model.onnx` (softmax appended,
+//!   preprocessing in the metadata), checked in ONNX Runtime 1.32.
+//! - [`prefix`]: cached-prefix mode (train block 5 + head on precomputed
+//!   block-4 activations).
+//!
+//! What it does not know: Parquet, image decoding, the head's training.
+//! Inputs arrive through [`data::BatchSource`] as preprocessed f32 batches;
+//! head weights arrive as plain arrays ([`compose::DenseLayer`]).
+
+pub mod artifacts;
+pub mod compose;
+pub mod data;
+mod error;
+pub mod export;
+pub mod ort_training;
+pub mod prefix;
+pub mod schedule;
+pub mod select;
+pub mod train;
+
+pub use artifacts::{ensure_artifacts, ArtifactRequest, Artifacts, ArtifactsManifest};
+pub use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
+pub use data::{epoch_order, Batch, BatchSource, InMemory};
+pub use error::{FinetuneError, Result};
+pub use export::{export_inference_model, preprocessing_metadata, run_inference, verify_inference_model};
+pub use ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig, StepOutput, TrainingSession};
+pub use prefix::{precompute, split_at, suffix_parameters, SplitGraph};
+pub use schedule::Schedule;
+pub use select::{select_parameters, ParameterSplit, Unfreeze};
+pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};
