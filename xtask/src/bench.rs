@@ -11,7 +11,7 @@ use crate::util;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only these benchmarks (default: all). Known: ingest.
+    /// Only these benchmarks (default: all). Known: ingest, features, head.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Images in the ingest benchmark.
@@ -29,6 +29,12 @@ pub fn run(args: &Args) -> Result<()> {
     if wanted("ingest") {
         let section = ingest(args)?;
         write_section("ingest", &section)?;
+    }
+    if wanted("features") {
+        write_section("features", &crate::bench_features::run()?)?;
+    }
+    if wanted("head") {
+        write_section("head", &head()?)?;
     }
     println!("updated BENCHMARKS.md");
     Ok(())
@@ -154,6 +160,24 @@ fn ingest(args: &Args) -> Result<String> {
     }
     md += &format!("\nMachine: {}.\n", machine());
     Ok(md)
+}
+
+/// The head's training step (25,088 → 1024 → 5, Adam) at batch 32 and 128.
+fn head() -> Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["bench", "--quiet", "-p", "head", "--bench", "train_step"]);
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("head benchmark failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(format!(
+        "## Head\n\n`cargo xtask bench --only head` (runs `cargo bench -p head --bench train_step`): one training step \
+         of Flatten → Dense(1024, ReLU) → Dense(5) with Adam on 25,088-float embeddings.\n\n```text\n{}```\n\nMachine: {}.\n",
+        String::from_utf8_lossy(&out.stdout),
+        machine()
+    ))
 }
 
 /// A throwaway venv with the Python baselines' packages.

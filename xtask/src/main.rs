@@ -10,6 +10,7 @@
 //! - `cargo xtask demo-data`  write the procedural demo image folder
 
 mod bench;
+mod bench_features;
 mod fetch_model;
 mod pipeline;
 mod util;

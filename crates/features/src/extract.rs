@@ -1,0 +1,418 @@
+//! Extraction: what the cache lacks goes through the conv base.
+//!
+//! Two threads: a producer reads the dataset in batches (pixels included),
+//! keeps the rows whose vectors are missing, preprocesses them into the
+//! next input tensor and hands it over a bounded channel (two tensors deep);
+//! the calling thread runs ONNX Runtime on the current tensor, pools the
+//! output and commits it to the cache as one segment. So decoding and
+//! preprocessing overlap inference, and memory holds at most a few batches.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ingest::{Dataset, Split};
+use models::ResolvedModel;
+use ndarray::ArrayView2;
+use progress::Progress;
+use runtime::ort;
+use runtime::ort::session::builder::GraphOptimizationLevel;
+use runtime::ort::session::Session;
+use runtime::ort::value::{TensorElementType, TensorRef, ValueType};
+use serde::{Deserialize, Serialize};
+use spec::{Layout, Pooling};
+
+use crate::cache::{FeatureCache, Quarantined};
+use crate::key::{CacheKey, Dtype};
+use crate::pool::pool_into;
+use crate::preprocess::{input_len, preprocess_into};
+use crate::FeaturesError;
+
+/// Images per inference batch unless told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+
+/// How to extract. `Default` is batch 16, the spec's pooling, f32, every
+/// split that has rows, one ONNX Runtime thread per available core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractOptions {
+    /// Images per inference batch (and per committed cache segment).
+    pub batch_size: usize,
+    /// Overrides the model spec's `conv_base.pooling`.
+    pub pooling: Option<Pooling>,
+    pub dtype: Dtype,
+    /// The splits to extract; `None` is every split with rows. A chosen
+    /// split without rows is an error.
+    pub splits: Option<Vec<Split>>,
+    /// ONNX Runtime intra-op threads; `None` is the number of available cores.
+    pub threads: Option<usize>,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions { batch_size: DEFAULT_BATCH_SIZE, pooling: None, dtype: Dtype::F32, splits: None, threads: None }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractSummary {
+    pub key: CacheKey,
+    /// The key's folder in the cache.
+    pub store: std::path::PathBuf,
+    /// Rows per extracted split.
+    pub rows: BTreeMap<Split, usize>,
+    /// Distinct images whose vectors were already cached.
+    pub hits: usize,
+    /// Distinct images computed by this run.
+    pub computed: usize,
+    /// Wall time of the whole call.
+    pub seconds: f64,
+    /// Wall time from the first inference to the last commit.
+    pub inference_seconds: f64,
+    /// ONNX Runtime intra-op threads used.
+    pub threads: usize,
+    /// Cache files found bad and moved aside (their vectors were recomputed).
+    pub quarantined: Vec<Quarantined>,
+    /// Problems that did not stop the run (a failed compaction).
+    pub warnings: Vec<String>,
+}
+
+impl ExtractSummary {
+    /// Images computed per second of inference (0 when nothing was computed).
+    pub fn images_per_second(&self) -> f64 {
+        if self.computed == 0 || self.inference_seconds <= 0.0 {
+            0.0
+        } else {
+            self.computed as f64 / self.inference_seconds
+        }
+    }
+}
+
+/// One preprocessed batch on its way to inference.
+struct Batch {
+    ids: Vec<String>,
+    input: Vec<f32>,
+}
+
+/// Computes and caches the vectors of every row of the chosen splits that
+/// the cache does not hold yet; reports hits and computed rows.
+pub fn extract(
+    dataset: &Dataset,
+    model: &ResolvedModel,
+    cache: &FeatureCache,
+    options: &ExtractOptions,
+    progress: &dyn Progress,
+) -> Result<ExtractSummary, FeaturesError> {
+    let started = Instant::now();
+    let splits = chosen_splits(dataset, options.splits.as_deref())?;
+    let pooling = options.pooling.unwrap_or(model.spec.conv_base.pooling);
+    let key = CacheKey::new(dataset, model, pooling, options.dtype);
+    let store = cache.store(&key)?;
+    let index = store.scan()?;
+
+    let mut rows = BTreeMap::new();
+    let mut missing: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut hits = 0;
+    for &split in &splits {
+        let records = dataset.index(split)?;
+        rows.insert(split, records.len());
+        for record in records {
+            if !seen.insert(record.content_id.clone()) {
+                continue;
+            }
+            if index.contains(&record.content_id) {
+                hits += 1;
+            } else {
+                missing.insert(record.content_id);
+            }
+        }
+    }
+    let threads = options.threads.unwrap_or_else(available_cores).max(1);
+    let mut summary = ExtractSummary {
+        key: key.clone(),
+        store: store.dir().to_path_buf(),
+        rows,
+        hits,
+        computed: 0,
+        seconds: 0.0,
+        inference_seconds: 0.0,
+        threads,
+        quarantined: index.quarantined().to_vec(),
+        warnings: Vec::new(),
+    };
+    if !missing.is_empty() {
+        let batch_size = options.batch_size.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch, FeaturesError>>(2);
+        let total = missing.len();
+        let (computed, inference_seconds) = std::thread::scope(|scope| {
+            let producer_splits = &splits;
+            let missing = &missing;
+            scope.spawn(move || produce(dataset, model, producer_splits, missing, batch_size, tx));
+            // The session is built while the producer prepares the first batch.
+            let mut conv_base = ConvBase::open(model, pooling, threads)?;
+            progress.start("extracting", total as u64);
+            let mut computed = 0;
+            let mut first: Option<Instant> = None;
+            for batch in rx {
+                let batch = batch?;
+                first.get_or_insert_with(Instant::now);
+                let vectors = conv_base.run(&batch.input, batch.ids.len())?;
+                let view = ArrayView2::from_shape((batch.ids.len(), key.embedding_len), &vectors)
+                    .expect("pooled vectors have the key's length");
+                store.append(&batch.ids, view)?;
+                computed += batch.ids.len();
+                progress.advance(batch.ids.len() as u64);
+            }
+            progress.finish();
+            let inference_seconds = first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+            Ok::<_, FeaturesError>((computed, inference_seconds))
+        })?;
+        summary.computed = computed;
+        summary.inference_seconds = inference_seconds;
+        match store.compact() {
+            Ok(_) => {}
+            Err(e) => summary.warnings.push(format!("compacting the cache failed (harmless): {e}")),
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn chosen_splits(dataset: &Dataset, chosen: Option<&[Split]>) -> Result<Vec<Split>, FeaturesError> {
+    let rows_note = || Split::ALL.iter().map(|&s| format!("{s} {}", dataset.rows(s))).collect::<Vec<_>>().join(", ");
+    let empty = |split| FeaturesError::EmptySplit { dataset: dataset.dir().to_path_buf(), split, rows: rows_note() };
+    match chosen {
+        Some(splits) => {
+            let mut out = Vec::new();
+            for &split in splits {
+                if dataset.rows(split) == 0 {
+                    return Err(empty(split));
+                }
+                if !out.contains(&split) {
+                    out.push(split);
+                }
+            }
+            Ok(out)
+        }
+        None => {
+            let out: Vec<Split> = Split::ALL.into_iter().filter(|&s| dataset.rows(s) > 0).collect();
+            if out.is_empty() {
+                return Err(empty(Split::Train));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The producer: missing rows, in dataset order, preprocessed into batches.
+fn produce(
+    dataset: &Dataset,
+    model: &ResolvedModel,
+    splits: &[Split],
+    missing: &HashSet<String>,
+    batch_size: usize,
+    tx: mpsc::SyncSender<Result<Batch, FeaturesError>>,
+) {
+    let spec = &model.spec;
+    let per_image = input_len(&spec.input);
+    let new_batch = || Batch { ids: Vec::with_capacity(batch_size), input: Vec::with_capacity(batch_size * per_image) };
+    let mut batch = new_batch();
+    let mut sent: HashSet<&str> = HashSet::new();
+    for &split in splits {
+        for records in dataset.batches(split, batch_size, true) {
+            let records = match records {
+                Ok(records) => records,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            for record in records {
+                let Some(id) = missing.get(&record.content_id) else { continue };
+                if !sent.insert(id.as_str()) {
+                    continue;
+                }
+                let start = batch.input.len();
+                batch.input.resize(start + per_image, 0.0);
+                let size = (record.stored_width, record.stored_height);
+                if let Err(e) =
+                    preprocess_into(&record.pixels, size, &spec.preprocess, &spec.input, &mut batch.input[start..])
+                {
+                    let _ = tx.send(Err(FeaturesError::BadRecord {
+                        dataset: dataset.dir().to_path_buf(),
+                        content_id: record.content_id,
+                        message: e.to_string(),
+                    }));
+                    return;
+                }
+                batch.ids.push(record.content_id);
+                if batch.ids.len() == batch_size && tx.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err() {
+                    return; // inference failed; it reports why
+                }
+            }
+        }
+    }
+    if !batch.ids.is_empty() {
+        let _ = tx.send(Ok(batch));
+    }
+}
+
+/// An ONNX Runtime session on a model's conv base, checked against its
+/// spec: preprocessed images in, pooled vectors out. [`extract`] uses it;
+/// so can a stage that embeds new images without caching them.
+pub struct ConvBase<'m> {
+    session: Session,
+    model: &'m ResolvedModel,
+    pooling: Pooling,
+}
+
+fn ort_error(path: &Path) -> impl Fn(String) -> FeaturesError + '_ {
+    move |message| FeaturesError::Ort { model: path.to_path_buf(), message }
+}
+
+impl<'m> ConvBase<'m> {
+    /// Builds the session (graph optimisation level "all", which includes
+    /// the layout optimisations; `threads` intra-op threads, one inter-op
+    /// thread) and checks its input and output against the spec: the input's
+    /// name, element type and layout (3 channels on the spec's channel
+    /// axis), and that the conv-base output exists.
+    pub fn open(model: &'m ResolvedModel, pooling: Pooling, threads: usize) -> Result<ConvBase<'m>, FeaturesError> {
+        let environment = runtime::init_ort()?;
+        let path = &model.conv_base;
+        let err = ort_error(path);
+        let session = Session::builder(environment)
+            .map_err(|e| err(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| err(e.to_string()))?
+            .with_intra_threads(threads)
+            .map_err(|e| err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| err(e.to_string()))?
+            .commit_from_file(path)
+            .map_err(|e| err(e.to_string()))?;
+        let runner = ConvBase { session, model, pooling };
+        runner.check_input()?;
+        runner.check_output()?;
+        Ok(runner)
+    }
+
+    fn check_input(&self) -> Result<(), FeaturesError> {
+        let spec = &self.model.spec;
+        let fail = |message: String| FeaturesError::Input {
+            model: self.model.conv_base.clone(),
+            name: spec.name.clone(),
+            message,
+        };
+        let inputs = self.session.inputs();
+        let described: Vec<String> = inputs.iter().map(|i| format!("'{}' {}", i.name(), describe(i.dtype()))).collect();
+        let Some(input) = inputs.iter().find(|i| i.name() == spec.input.name) else {
+            return Err(fail(format!(
+                "the spec's input '{}' is not an input of the model (inputs: {})",
+                spec.input.name,
+                described.join(", ")
+            )));
+        };
+        if inputs.len() != 1 {
+            return Err(fail(format!(
+                "the model has {} inputs ({}); a conv base takes one image",
+                inputs.len(),
+                described.join(", ")
+            )));
+        }
+        let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+            return Err(fail(format!("input '{}' is not a tensor", spec.input.name)));
+        };
+        if *ty != TensorElementType::Float32 {
+            return Err(fail(format!("input '{}' is {ty:?}, expected float32", spec.input.name)));
+        }
+        let dims: &[i64] = shape;
+        let channel_axis = match spec.input.layout {
+            Layout::Nchw => 1,
+            Layout::Nhwc => 3,
+        };
+        let layout_name = match spec.input.layout {
+            Layout::Nchw => "nchw",
+            Layout::Nhwc => "nhwc",
+        };
+        // The channel axis must hold 3 (or be free while the other layout's
+        // channel axis does not hold 3: a model with free dims everywhere).
+        let other_axis = 4 - channel_axis;
+        let channels_ok = |axis: usize| dims.get(axis).is_some_and(|&d| d == 3);
+        let free = |axis: usize| dims.get(axis).is_some_and(|&d| d < 0);
+        if dims.len() != 4 || !(channels_ok(channel_axis) || (free(channel_axis) && !channels_ok(other_axis))) {
+            return Err(fail(format!(
+                "input '{}' has shape {dims:?}, which is not {layout_name} with 3 channels (the spec's layout)",
+                spec.input.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_output(&self) -> Result<(), FeaturesError> {
+        let spec = &self.model.spec;
+        let outputs = self.session.outputs();
+        if !outputs.iter().any(|o| o.name() == spec.conv_base.output) {
+            return Err(FeaturesError::UnknownOutput {
+                model: self.model.conv_base.clone(),
+                name: spec.name.clone(),
+                output: spec.conv_base.output.clone(),
+                available: outputs.iter().map(|o| o.name().to_string()).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Values per output vector.
+    pub fn embedding_len(&self) -> usize {
+        crate::pool::pooled_len(self.model.spec.conv_base.shape, self.pooling)
+    }
+
+    /// Runs `n` preprocessed images (`n` × [`input_len`] values, see
+    /// [`crate::preprocess`]); returns their pooled vectors, row after row.
+    pub fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, FeaturesError> {
+        let spec = &self.model.spec;
+        assert_eq!(input.len(), n * input_len(&spec.input), "input holds {n} images");
+        let [w, h] = spec.input.size.map(|v| v as usize);
+        let shape = match spec.input.layout {
+            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, 3],
+        };
+        let err = ort_error(&self.model.conv_base);
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| err(e.to_string()))?;
+        let outputs =
+            self.session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(|e| err(e.to_string()))?;
+        let value = &outputs[spec.conv_base.output.as_str()];
+        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+        let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
+        let expected = spec.conv_base.shape;
+        if dims.len() != 4 || dims[0] != n || dims[1..] != expected {
+            return Err(FeaturesError::OutputShape {
+                model: self.model.conv_base.clone(),
+                name: spec.name.clone(),
+                message: format!(
+                    "output '{}' has shape {dims:?} for {n} images of {w}x{h}, the spec says [{n}, {}, {}, {}]",
+                    spec.conv_base.output, expected[0], expected[1], expected[2]
+                ),
+            });
+        }
+        let per_image = expected.iter().product::<usize>();
+        let mut vectors = Vec::with_capacity(n * crate::pool::pooled_len(expected, self.pooling));
+        for map in data.chunks_exact(per_image) {
+            pool_into(map, expected, self.pooling, &mut vectors);
+        }
+        Ok(vectors)
+    }
+}
+
+fn describe(value_type: &ValueType) -> String {
+    match value_type {
+        ValueType::Tensor { ty, shape, .. } => format!("{ty:?}{:?}", &shape[..]),
+        other => format!("{other:?}"),
+    }
+}

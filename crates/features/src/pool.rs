@@ -1,0 +1,51 @@
+//! The conv base's output map → one stored vector. Pure.
+
+use spec::Pooling;
+
+/// Length of one vector after `pooling` of a `[C, H, W]` map.
+pub fn pooled_len([c, h, w]: [usize; 3], pooling: Pooling) -> usize {
+    match pooling {
+        Pooling::Flatten => c * h * w,
+        Pooling::Avg | Pooling::Max => c,
+    }
+}
+
+/// Appends the pooled vector of one image's `[C, H, W]` map (row-major) to
+/// `out`:
+/// - flatten: the map as it is, index `c·H·W + y·W + x`;
+/// - avg: per channel, the mean over the `H·W` positions (summed in f64);
+/// - max: per channel, the largest value.
+pub fn pool_into(map: &[f32], shape: [usize; 3], pooling: Pooling, out: &mut Vec<f32>) {
+    let [c, h, w] = shape;
+    assert_eq!(map.len(), c * h * w, "map of {} values is not {c}x{h}x{w}", map.len());
+    let plane = h * w;
+    match pooling {
+        Pooling::Flatten => out.extend_from_slice(map),
+        Pooling::Avg => out.extend(
+            map.chunks_exact(plane).map(|p| (p.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64) as f32),
+        ),
+        Pooling::Max => {
+            out.extend(map.chunks_exact(plane).map(|p| p.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_each_channel() {
+        let map = [1.0, 2.0, 3.0, 6.0, -1.0, -2.0, -3.0, -4.0];
+        let pooled = |p| {
+            let mut out = Vec::new();
+            pool_into(&map, [2, 2, 2], p, &mut out);
+            out
+        };
+        assert_eq!(pooled(Pooling::Flatten), map);
+        assert_eq!(pooled(Pooling::Avg), [3.0, -2.5]);
+        assert_eq!(pooled(Pooling::Max), [6.0, -1.0]);
+        assert_eq!(pooled_len([512, 7, 7], Pooling::Flatten), 25_088);
+        assert_eq!(pooled_len([512, 7, 7], Pooling::Avg), 512);
+    }
+}

@@ -1,0 +1,278 @@
+//! `head`: train, evaluate and predict with the classifier head, as a batch
+//! step reading the features stage's output (`features.json` and its cache).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use features::{FeaturesInfo, SplitFeatures, Store};
+use head::io::{self, MetricsLog};
+use head::{BatchSource, HeadConfig, InMemory, TrainedHead};
+use ingest::{Dataset, Split};
+use ndarray::{Array2, ArrayViewMut2};
+
+#[derive(Parser)]
+#[command(name = "head", version, about = "Train, evaluate and predict with a classifier head on cached embeddings")]
+struct Cli {
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train on the train split (validation split for early stopping) and
+    /// write the head, its metrics log, its ONNX graph and test metrics.
+    Train {
+        /// Folder holding the features stage's `features.json`.
+        #[arg(long)]
+        features: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Head settings (TOML, the `[head]` fields); flags override.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Hidden layer widths, comma-separated; empty for logistic regression.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        hidden: Option<Vec<usize>>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Embeddings larger than this are streamed from the cache instead
+        /// of loaded into memory.
+        #[arg(long, default_value_t = 4096)]
+        memory_budget_mb: usize,
+    },
+    /// Metrics of a trained head on one split, as a table and JSON.
+    Evaluate {
+        #[arg(long)]
+        head: PathBuf,
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        top_k: Vec<usize>,
+        /// Write the evaluation as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Top-k classes with probabilities for every row of a split, as CSV.
+    Predict {
+        #[arg(long)]
+        head: PathBuf,
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// CSV output (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    }
+    match cli.command {
+        Command::Train { features, out, config, epochs, batch_size, hidden, seed, memory_budget_mb } => {
+            let mut config = match config {
+                Some(path) => toml::from_str::<HeadConfig>(
+                    &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("in {}", path.display()))?,
+                None => HeadConfig::default(),
+            };
+            config.epochs = epochs.unwrap_or(config.epochs);
+            config.batch_size = batch_size.unwrap_or(config.batch_size);
+            config.hidden = hidden.unwrap_or(config.hidden);
+            config.seed = seed.unwrap_or(config.seed);
+            train(&features, &out, &config, memory_budget_mb << 20)
+        }
+        Command::Evaluate { head, features, split, top_k, out } => {
+            let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
+            let (dataset, store) = open_features(&features, &head)?;
+            let data = features::load_split(&dataset, &store, split)?;
+            let report = head.evaluate(data.features.view(), &labels(&data), &top_k);
+            println!("{split} split, {} images\n{report}", data.labels.len());
+            if let Some(out) = out {
+                io::write_report(&out, &report)?;
+            }
+            Ok(())
+        }
+        Command::Predict { head, features, split, top_k, out } => {
+            let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
+            let (dataset, store) = open_features(&features, &head)?;
+            let records = dataset.index(split)?;
+            let data = features::load_split(&dataset, &store, split)?;
+            let probs = head.predict_proba(data.features.view());
+            let mut w: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("{}", path.display()))?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            write_predictions(&mut w, &records, &head.meta.class_names, &probs, top_k)?;
+            Ok(())
+        }
+    }
+}
+
+fn labels(data: &SplitFeatures) -> Vec<usize> {
+    data.labels.iter().map(|&l| l as usize).collect()
+}
+
+/// Opens the dataset and cache a `features.json` names, checking that they
+/// belong to the classes the head was trained on.
+fn open_features(dir: &Path, head: &TrainedHead) -> Result<(Dataset, Store)> {
+    let info = FeaturesInfo::read(dir)?;
+    if info.dataset.classes != head.meta.class_names {
+        bail!(
+            "{}: classes {:?} differ from the head's {:?}",
+            dir.join(features::FEATURES_FILE).display(),
+            info.dataset.classes,
+            head.meta.class_names
+        );
+    }
+    if info.embedding_len != head.model.input_dim() {
+        bail!("embeddings have {} values, the head expects {}", info.embedding_len, head.model.input_dim());
+    }
+    Ok(info.open()?)
+}
+
+fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: usize) -> Result<()> {
+    let info = FeaturesInfo::read(features_dir)?;
+    let (dataset, store) = info.open()?;
+    eprintln!("{}", info.model.weights_note);
+    let classes = info.dataset.classes.clone();
+    let bytes = dataset.rows(Split::Train) * info.embedding_len * 4;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut log = MetricsLog::create(&out.join("metrics.jsonl"))?;
+    let mut on_epoch = |record: &head::EpochRecord| {
+        eprintln!("{}", record.summary_line());
+        if let Err(e) = log.append(record) {
+            eprintln!("warning: could not append to metrics.jsonl: {e}");
+        }
+    };
+    let validation = (dataset.rows(Split::Validation) > 0)
+        .then(|| features::load_split(&dataset, &store, Split::Validation))
+        .transpose()?;
+    let val_labels = validation.as_ref().map(labels).unwrap_or_default();
+    let mut val_source = validation.as_ref().map(|v| InMemory::new(v.features.view(), &val_labels));
+    let val = val_source.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
+    let started = std::time::Instant::now();
+    let head = if bytes <= memory_budget {
+        let train = features::load_split(&dataset, &store, Split::Train)?;
+        let train_labels = labels(&train);
+        head::train_head(
+            config,
+            &classes,
+            &mut InMemory::new(train.features.view(), &train_labels),
+            val,
+            &mut on_epoch,
+        )?
+    } else {
+        eprintln!("train embeddings take {} MB, over the budget: streaming them from the cache", bytes >> 20);
+        let mut source = CacheSource::new(&dataset, &store, info.embedding_len)?;
+        head::train_head(config, &classes, &mut source, val, &mut on_epoch)?
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    io::save(out, &head)?;
+    onnx_graph::write_model(&head::onnx_export::to_onnx(&head), out.join("head.onnx"))?;
+    if dataset.rows(Split::Test) > 0 {
+        let test = features::load_split(&dataset, &store, Split::Test)?;
+        let report = head.evaluate(test.features.view(), &labels(&test), &[1, 3]);
+        io::write_report(&out.join("evaluation-test.json"), &report)?;
+        println!("test split, {} images\n{report}", test.labels.len());
+    }
+    println!(
+        "trained {} epochs in {seconds:.1} s; head in {} (head.safetensors, head.json, head.onnx, metrics.jsonl)",
+        head.meta.history.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Training rows read from the feature cache on demand, for embeddings that
+/// do not fit in memory: each batch reads only its own rows.
+struct CacheSource<'s> {
+    store: &'s Store,
+    index: features::Index,
+    ids: Vec<String>,
+    labels: Vec<usize>,
+    dim: usize,
+}
+
+impl<'s> CacheSource<'s> {
+    fn new(dataset: &Dataset, store: &'s Store, dim: usize) -> Result<Self> {
+        let records = dataset.index(Split::Train)?;
+        Ok(CacheSource {
+            store,
+            index: store.scan()?,
+            ids: records.iter().map(|r| r.content_id.clone()).collect(),
+            labels: records.iter().map(|r| r.label_index as usize).collect(),
+            dim,
+        })
+    }
+}
+
+impl BatchSource<f32> for CacheSource<'_> {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+    fn fill(&mut self, indices: &[usize], mut out: ArrayViewMut2<f32>) -> Result<(), head::train::SourceError> {
+        let ids: Vec<&str> = indices.iter().map(|&i| self.ids[i].as_str()).collect();
+        let rows: Array2<f32> = self.store.read(&self.index, &ids)?;
+        out.assign(&rows);
+        Ok(())
+    }
+}
+
+fn write_predictions(
+    w: &mut dyn std::io::Write,
+    records: &[ingest::Record],
+    classes: &[String],
+    probs: &Array2<f32>,
+    top_k: usize,
+) -> Result<()> {
+    let k = top_k.clamp(1, classes.len());
+    let header: Vec<String> = (1..=k).flat_map(|i| [format!("top{i}"), format!("p{i}")]).collect();
+    writeln!(w, "content_id,path,label,{}", header.join(","))?;
+    for (record, row) in records.iter().zip(probs.rows()) {
+        let mut order: Vec<usize> = (0..classes.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let cells: Vec<String> =
+            order[..k].iter().flat_map(|&c| [classes[c].clone(), format!("{:.6}", row[c])]).collect();
+        let path = if record.path.contains([',', '"']) {
+            format!("\"{}\"", record.path.replace('"', "\"\""))
+        } else {
+            record.path.clone()
+        };
+        writeln!(w, "{},{},{},{}", record.content_id, path, record.label, cells.join(","))?;
+    }
+    Ok(())
+}
