@@ -182,22 +182,7 @@ fn head() -> Result<String> {
 
 /// A throwaway venv with the Python baselines' packages.
 fn bench_venv() -> Result<PathBuf> {
-    let venv = PathBuf::from(BENCH_DIR).join("venv");
-    let python = venv.join("bin/python");
-    if !venv.join(".complete").exists() {
-        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        util::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "pillow>=10",
-            "pyarrow>=15",
-            "duckdb>=1.0",
-        ]))?;
-        std::fs::write(venv.join(".complete"), b"")?;
-    }
-    Ok(python)
+    util::throwaway_venv(&PathBuf::from(BENCH_DIR).join("venv"), &["pillow>=10", "pyarrow>=15", "duckdb>=1.0"])
 }
 
 fn machine() -> String {

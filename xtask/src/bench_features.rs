@@ -48,21 +48,5 @@ pub fn run() -> Result<String> {
 
 /// Makes the venv once: onnxruntime pinned to the library the project loads.
 fn venv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join(VENV);
-    let python = venv.join("bin/python");
-    if !venv.join(".complete").exists() {
-        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        util::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "onnxruntime==1.32.0",
-            "numpy",
-            "pyarrow",
-            "duckdb",
-        ]))?;
-        std::fs::write(venv.join(".complete"), b"")?;
-    }
-    Ok(python)
+    util::throwaway_venv(&root.join(VENV), &["onnxruntime==1.32.0", "numpy", "pyarrow", "duckdb"])
 }

@@ -35,3 +35,15 @@ pub fn release_bins(packages: &[&str]) -> Result<PathBuf> {
     cargo(&args)?;
     Ok(workspace_root().join("target").join("release"))
 }
+
+/// A throwaway Python venv for benchmark baselines, made once in `dir`
+/// with `packages` installed; returns its interpreter.
+pub fn throwaway_venv(dir: &Path, packages: &[&str]) -> Result<PathBuf> {
+    let python = dir.join("bin/python");
+    if !dir.join(".complete").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(dir))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).args(packages))?;
+        std::fs::write(dir.join(".complete"), b"")?;
+    }
+    Ok(python)
+}

@@ -5,8 +5,6 @@
 //!
 //! Pure: graphs in, graphs out; no I/O, no runtime.
 
-use std::collections::HashSet;
-
 use onnx_graph::builder::{float_attribute, int_attribute};
 use onnx_graph::proto::{data_type, GraphProto, ModelProto, NodeProto};
 use onnx_graph::shape::{self, Dim};
@@ -220,7 +218,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
 /// output (used for the composed inference graph and the exported model).
 pub fn append_softmax(model: &mut ModelProto, from: &str, to: &str) -> Result<()> {
     let graph = graph_mut(model)?;
-    let names = tensor_names(graph);
+    let names = onnx_graph::tensor_names(graph);
     if !names.contains(from) {
         return Err(onnx_graph::GraphError::UnknownTensor(from.to_owned()).into());
     }
@@ -366,7 +364,7 @@ fn pooled_feature_len(graph: &GraphProto, output: &str, pooling: Pooling) -> Opt
 /// Appends pooling, flatten and the dense layers after `input`; returns the
 /// head's parameter names. The last layer's output is [`LOGITS`].
 fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[DenseLayer]) -> Result<Vec<String>> {
-    let existing = tensor_names(graph);
+    let existing = onnx_graph::tensor_names(graph);
     let mut added: Vec<String> = Vec::new();
     let mut nodes: Vec<NodeProto> = Vec::new();
     let mut node = |op: &str, name: &str, inputs: &[&str], output: String, attribute| {
@@ -424,18 +422,6 @@ fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[
     graph.node.extend(nodes);
     graph.initializer.extend(initializers);
     Ok(params)
-}
-
-fn tensor_names(graph: &GraphProto) -> HashSet<&str> {
-    let mut names = HashSet::new();
-    names.extend(graph.input.iter().map(|v| v.name.as_str()));
-    names.extend(graph.output.iter().map(|v| v.name.as_str()));
-    names.extend(graph.initializer.iter().map(|t| t.name.as_str()));
-    for node in &graph.node {
-        names.extend(node.input.iter().chain(&node.output).map(String::as_str));
-    }
-    names.remove("");
-    names
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ fn node_inputs(node: &NodeProto) -> Vec<&str> {
 }
 
 /// Every tensor name the graph mentions.
-fn tensor_names(graph: &GraphProto) -> HashSet<&str> {
+pub fn tensor_names(graph: &GraphProto) -> HashSet<&str> {
     let mut names = HashSet::new();
     names.extend(graph.input.iter().map(|v| v.name.as_str()));
     names.extend(graph.output.iter().map(|v| v.name.as_str()));

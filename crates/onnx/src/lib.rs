@@ -31,7 +31,7 @@ use prost::Message;
 pub use builder::{ConvOptions, GraphBuilder};
 pub use edit::{
     cut_at, expose_output, free_input_dims, initializer_f32, initializers, inputs, outputs, rename_tensor,
-    set_initializer_f32, TensorSummary,
+    set_initializer_f32, tensor_names, TensorSummary,
 };
 pub use proto::ModelProto;
 pub use shape::Dim;

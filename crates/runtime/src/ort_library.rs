@@ -100,21 +100,7 @@ fn is_installed(library: &Path) -> bool {
 
 fn download_wheel(into: &Path) -> Result<(), RuntimeError> {
     let python = std::env::var_os(TL_PYTHON).filter(|p| !p.is_empty()).unwrap_or_else(|| OsString::from("python3"));
-    let mut command = Command::new(&python);
-    command.args(["-m", "pip"]).args(pinned::PIP_ARGS).arg("-d").arg(into);
-    let shown = format!("{} -m pip {} -d {}", python.to_string_lossy(), pinned::PIP_ARGS.join(" "), into.display());
-    let output = command.output().map_err(|e| RuntimeError::Command {
-        command: shown.clone(),
-        status: e.to_string(),
-        output: String::new(),
-    })?;
-    if !output.status.success() {
-        return Err(RuntimeError::Command {
-            command: shown,
-            status: output.status.to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
-        });
-    }
+    crate::venv::run(Command::new(&python).args(["-m", "pip"]).args(pinned::PIP_ARGS).arg("-d").arg(into))?;
     if !into.join(pinned::ORT_WHEEL).is_file() {
         let got: Vec<String> = std::fs::read_dir(into)
             .into_iter()

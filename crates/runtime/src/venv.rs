@@ -133,7 +133,7 @@ fn find_python() -> Result<OsString, RuntimeError> {
 }
 
 /// Runs a command, returning its stdout, or an error carrying its output.
-fn run(command: &mut Command) -> Result<String, RuntimeError> {
+pub(crate) fn run(command: &mut Command) -> Result<String, RuntimeError> {
     let shown = format!("{command:?}");
     let output = command.output().map_err(|e| RuntimeError::Command {
         command: shown.clone(),
