@@ -88,7 +88,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn setup() -> Result<()> {
+pub(crate) fn setup() -> Result<()> {
     let library = runtime::ensure_ort_library()?;
     println!("ONNX Runtime library: {}", library.display());
     let venv = runtime::ensure_training_venv()?;
