@@ -155,13 +155,16 @@ impl fmt::Display for Evaluation {
         writeln!(f)?;
         writeln!(f, "confusion matrix (rows: true class, columns: predicted)")?;
         let cell = self.confusion.iter().flatten().map(|v| v.to_string().len()).chain([3]).max().unwrap_or(3);
-        write!(f, "{:>name_width$}", "")?;
+        let row_labels: Vec<String> =
+            self.classes.iter().enumerate().map(|(c, class)| format!("[{c}] {}", class.name)).collect();
+        let label_width = row_labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        write!(f, "{:>label_width$}", "")?;
         for c in 0..self.classes.len() {
             write!(f, " {:>cell$}", format!("[{c}]"))?;
         }
         writeln!(f)?;
-        for (c, row) in self.confusion.iter().enumerate() {
-            write!(f, "{:>name_width$}", format!("[{c}] {}", self.classes[c].name))?;
+        for (label, row) in row_labels.iter().zip(&self.confusion) {
+            write!(f, "{label:>label_width$}")?;
             for v in row {
                 write!(f, " {v:>cell$}")?;
             }
@@ -231,6 +234,11 @@ mod tests {
         let table = e.to_string();
         assert!(table.contains("precision") && table.contains("weighted avg"));
         assert!(table.contains("[1] dog"), "{table}");
+        // The confusion matrix's rows line up, however long the class names.
+        let long = evaluate(scores.view(), &[0, 1], &["c".into(), "a-much-longer-name".into()], &[1]).to_string();
+        let matrix: Vec<&str> = long.lines().skip_while(|l| !l.starts_with("confusion matrix")).skip(1).collect();
+        assert_eq!(matrix.len(), 3, "{long}");
+        assert!(matrix.iter().all(|l| l.chars().count() == matrix[0].chars().count()), "{long}");
         let json = serde_json::to_string(&e).unwrap();
         let back: Evaluation = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
