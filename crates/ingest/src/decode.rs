@@ -31,8 +31,17 @@ pub(crate) fn decode(
 ) -> Result<Decoded, DecodeError> {
     let img = decode_upright(bytes, max_pixels)?;
     let original = (img.width(), img.height());
-    let stored = resize(img, size.target(original.0, original.1), filter);
+    let stored = resize_to_stored(img, size, filter);
     Ok(Decoded { original, stored })
+}
+
+/// Resizes an upright image to the size ingestion stores it at
+/// ([`StoredSize::target`] of its size) with `filter`: the step between
+/// [`decode_upright`] and the stored pixels. Readers of an exported model
+/// apply it to new images so that they match the training images.
+pub fn resize_to_stored(img: RgbImage, size: StoredSize, filter: ResizeFilter) -> RgbImage {
+    let target = size.target(img.width(), img.height());
+    resize(img, target, filter)
 }
 
 /// Decodes to upright RGB8 at the original size.

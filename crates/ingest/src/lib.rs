@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use spec::{DatasetSource, DatasetSpec};
 
-pub use decode::{decode_upright, resize};
+pub use decode::{decode_upright, resize, resize_to_stored};
 pub use discover::IMAGE_EXTENSIONS;
 pub use read::{Batches, Dataset, ReadError, Record};
 pub use schema::{DatasetInfo, SplitInfo, SCHEMA_VERSION};

@@ -120,9 +120,12 @@ fn default_name() -> String {
 fn default_seed() -> u64 {
     42
 }
+/// The default [`DatasetSpec::max_pixels`]: the `image` crate's own default
+/// for PNG, a 9459x9459 image.
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
 fn default_max_pixels() -> u64 {
-    // The `image` crate's own default for PNG; a 9459x9459 image.
-    89_478_485
+    DEFAULT_MAX_PIXELS
 }
 
 impl DatasetSpec {

@@ -163,31 +163,12 @@ impl ModelSpec {
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        let p = &self.preprocess;
-        if p.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || !p.scale.is_finite() || p.scale == 0.0 {
-            return Err(SpecError::Invalid(format!(
-                "model {}: preprocess std and scale must be finite and non-zero",
-                self.name
-            )));
-        }
-        let r = &p.resize;
-        let ok = match (r.shorter_side, r.center_crop, r.exact) {
-            (Some(_), Some(crop), None) => crop == self.input.size,
-            (None, None, Some(exact)) => exact == self.input.size,
-            _ => false,
-        };
-        if !ok {
-            return Err(SpecError::Invalid(format!(
-                "model {}: preprocess.resize must be either shorter_side + center_crop or exact, ending at the input size {:?}",
-                self.name, self.input.size
-            )));
-        }
-        Ok(())
+        check_preprocess(&self.name, &self.preprocess, &self.input).map_err(SpecError::Invalid)
     }
 
     /// Changes whenever the pixels fed to the network would change.
     pub fn preprocess_fingerprint(&self) -> Fingerprint {
-        fingerprint("preprocess", &(&self.preprocess, &self.input))
+        preprocess_fingerprint(&self.preprocess, &self.input)
     }
 
     /// Length of one embedding after pooling.
@@ -198,6 +179,34 @@ impl ModelSpec {
             Pooling::Avg | Pooling::Max => c,
         }
     }
+}
+
+/// The fingerprint of a preprocessing and input spec pair: what
+/// [`ModelSpec::preprocess_fingerprint`] computes.
+pub(crate) fn preprocess_fingerprint(preprocess: &Preprocess, input: &InputSpec) -> Fingerprint {
+    fingerprint("preprocess", &(preprocess, input))
+}
+
+/// Checks what the types cannot about a preprocessing spec: a finite,
+/// non-zero scale and std, and one resize form that ends at the input size.
+/// `name` (the model's) goes into the message.
+pub(crate) fn check_preprocess(name: &str, p: &Preprocess, input: &InputSpec) -> Result<(), String> {
+    if p.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || !p.scale.is_finite() || p.scale == 0.0 {
+        return Err(format!("model {name}: preprocess std and scale must be finite and non-zero"));
+    }
+    let r = &p.resize;
+    let ok = match (r.shorter_side, r.center_crop, r.exact) {
+        (Some(_), Some(crop), None) => crop == input.size,
+        (None, None, Some(exact)) => exact == input.size,
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "model {name}: preprocess.resize must be either shorter_side + center_crop or exact, ending at the input size {:?}",
+            input.size
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,466 @@
+//! `predict` against real ONNX Runtime and a model built here: a tiny VGG
+//! (random weights) with a softmax appended and inference metadata, on demo
+//! images. Reference values come from an independent path: the `image`
+//! crate's decoder, geometry and normalisation computed by hand, and
+//! `onnx_graph::reference::evaluate` (a naive evaluator).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{DynamicImage, ImageFormat, RgbImage};
+use onnx_graph::proto::{data_type, NodeProto};
+use onnx_graph::reference::{self, Tensor};
+use onnx_graph::shape::{tensor_value_info, Dim};
+use onnx_graph::vgg::{self, VggConfig};
+use predict::{ImageError, PredictError, Prediction};
+use spec::{
+    ColorOrder, InferenceMetadata, InputSpec, Layout, Preprocess, Resize, ResizeFilter, StoredImage, StoredSize,
+};
+
+const CLASSES: usize = 5;
+const PROBABILITIES: &str = "probabilities";
+const TOLERANCE: f32 = 1e-4;
+const STORED: StoredImage = StoredImage { size: StoredSize::ShorterSide(48), filter: ResizeFilter::Lanczos3 };
+
+fn class_names() -> Vec<String> {
+    demo::CLASSES.map(String::from).to_vec()
+}
+
+/// The tiny VGG's input and preprocessing, as in data-specs/models/tiny-vgg.toml.
+fn metadata(stored: Option<StoredImage>) -> InferenceMetadata {
+    let input = InputSpec { name: vgg::INPUT_NAME.into(), layout: Layout::Nchw, size: [32, 32] };
+    let preprocess = Preprocess {
+        color: ColorOrder::Rgb,
+        scale: 1.0 / 255.0,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        resize: Resize { shorter_side: Some(36), center_crop: Some([32, 32]), exact: None },
+    };
+    InferenceMetadata {
+        model: "tiny-vgg".into(),
+        preprocess_fingerprint: spec::fingerprint("preprocess", &(&preprocess, &input)).0,
+        input,
+        preprocess,
+        class_names: class_names(),
+        weights_note: spec::WEIGHTS_RANDOM.into(),
+        output: spec::OUTPUT_PROBABILITIES.into(),
+        stored,
+    }
+}
+
+/// A tiny VGG with `CLASSES` outputs and a softmax, carrying `props`.
+fn model_proto(props: &[(String, String)]) -> onnx_graph::ModelProto {
+    let config = VggConfig { classifier: [32, 32, CLASSES as i64], ..VggConfig::TINY };
+    let mut model = vgg::generate(&config, 11);
+    // Sharper logits than the random init gives, so that probabilities
+    // differ between images and small input changes show.
+    for name in ["classifier.6.weight", "classifier.6.bias"] {
+        let scaled: Vec<f32> = onnx_graph::initializer_f32(&model, name).unwrap().iter().map(|v| v * 20.0).collect();
+        onnx_graph::set_initializer_f32(&mut model, name, &scaled).unwrap();
+    }
+    let graph = onnx_graph::graph_mut(&mut model).unwrap();
+    graph.node.push(NodeProto {
+        name: "/head/Softmax".into(),
+        op_type: "Softmax".into(),
+        input: vec![vgg::OUTPUT_NAME.into()],
+        output: vec![PROBABILITIES.into()],
+        attribute: vec![onnx_graph::builder::int_attribute("axis", 1)],
+        ..Default::default()
+    });
+    let dims = [Dim::named("N"), Dim::Fixed(CLASSES as i64)];
+    graph.output = vec![tensor_value_info(PROBABILITIES, data_type::FLOAT, Some(&dims))];
+    for (key, value) in props {
+        onnx_graph::set_metadata(&mut model, key, value.as_str());
+    }
+    model
+}
+
+fn write_model(dir: &Path, props: &[(String, String)]) -> PathBuf {
+    let path = dir.join("model.onnx");
+    onnx_graph::write_model(&model_proto(props), &path).unwrap();
+    path
+}
+
+fn demo_image(class: usize, (w, h): (u32, u32), seed: u64) -> RgbImage {
+    demo::render(class, w, h, &mut demo::Rng::new(seed))
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    demo::encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Png)
+}
+
+/// The reference: stored size and filter, then the model's shorter side,
+/// centre crop and normalisation, all by hand (only the resampling kernel is
+/// ingest's, at sizes computed here), then the naive evaluator.
+fn reference_probabilities(model: &onnx_graph::ModelProto, upright: &RgbImage, meta: &InferenceMetadata) -> Vec<f32> {
+    let (w, h) = upright.dimensions();
+    let round_div = |a: u32, b: u32| ((a as u64 * 48 + b as u64 / 2) / b as u64) as u32;
+    let stored_size = if w <= h { (48, round_div(h, w)) } else { (round_div(w, h), 48) };
+    let stored = ingest::resize(upright.clone(), stored_size, ResizeFilter::Lanczos3);
+    let (sw, sh) = stored.dimensions();
+    let model_size = if sw <= sh { (36, 36 * sh / sw) } else { (36 * sw / sh, 36) };
+    let resized = ingest::resize(stored, model_size, ResizeFilter::Bilinear);
+    let offset = |size: u32| (f64::from(size - 32) / 2.0).round_ties_even() as u32;
+    let (ox, oy) = (offset(model_size.0), offset(model_size.1));
+    let mut input = vec![0f32; 3 * 32 * 32];
+    for y in 0..32 {
+        for x in 0..32 {
+            let pixel = resized.get_pixel(x + ox, y + oy).0;
+            for c in 0..3 {
+                let value = (f32::from(pixel[c]) / 255.0 - meta.preprocess.mean[c]) / meta.preprocess.std[c];
+                input[c * 32 * 32 + (y * 32 + x) as usize] = value;
+            }
+        }
+    }
+    let feed = Tensor::new(vec![1, 3, 32, 32], input);
+    let out = reference::evaluate(model, &[(vgg::INPUT_NAME, feed)], &[PROBABILITIES]).unwrap();
+    out[0].data.clone()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn predict_bin(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_predict")).args(args.iter().map(|a| a.as_ref())).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn probabilities_match_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = metadata(Some(STORED));
+    let model_path = write_model(dir.path(), &meta.to_props());
+    let model = onnx_graph::read_model(&model_path).unwrap();
+    // Landscape, portrait, already at the stored size, and tiny (upscaled).
+    let sizes = [(80, 60), (45, 70), (48, 64), (20, 30)];
+    let mut images = Vec::new();
+    let mut paths = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let img = demo_image(i % CLASSES, size, i as u64);
+        let path = dir.path().join(format!("img{i}.png"));
+        std::fs::write(&path, png(&img)).unwrap();
+        // The reference decodes with the image crate, not ingest.
+        images.push(image::load_from_memory(&std::fs::read(&path).unwrap()).unwrap().to_rgb8());
+        paths.push(path);
+    }
+
+    let mut predictor = predict::load(dir.path(), 1).unwrap();
+    assert_eq!(predictor.metadata(), &meta);
+    // Batches of 3: one full batch and a partial one.
+    let results = predictor.predict_images(&paths, 3);
+    assert_eq!(results.len(), paths.len());
+    let mut spread = 0f32;
+    for ((result, path), upright) in results.into_iter().zip(&paths).zip(&images) {
+        let prediction = result.unwrap();
+        assert_eq!(&prediction.path, path);
+        let expected = reference_probabilities(&model, upright, &meta);
+        let diff = max_diff(&prediction.probabilities, &expected);
+        assert!(diff <= TOLERANCE, "{}: {:?} vs {expected:?} ({diff})", path.display(), prediction.probabilities);
+        let sum: f32 = prediction.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+        let (lo, hi) = prediction.probabilities.iter().fold((1f32, 0f32), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        spread = spread.max(hi - lo);
+        eprintln!("{}: {:?} (max diff {diff:e})", path.display(), prediction.probabilities);
+    }
+    // The check means something only if the model does not answer uniformly.
+    assert!(spread > 0.1, "probabilities are (nearly) uniform: spread {spread}");
+
+    // preprocess_file is what the predictor feeds: batch of one = same row.
+    let input = predict::preprocess_file(&paths[0], &meta).unwrap();
+    let rows = predictor.run(&[&input]).unwrap();
+    let again = predictor.predict_images(&paths[..1], 1).pop().unwrap().unwrap();
+    assert!(max_diff(&rows[0], &again.probabilities) <= 1e-6);
+}
+
+#[test]
+fn exif_rotated_jpeg_predicts_like_the_upright_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = metadata(Some(STORED));
+    write_model(dir.path(), &meta.to_props());
+    let upright = demo_image(4, (60, 90), 3); // triangles: orientation shows
+    let mut paths = Vec::new();
+    // Orientation 6: the stored pixels turn 90° clockwise for display;
+    // 8: counter-clockwise; 3: 180°.
+    for (orientation, stored) in [
+        (6u16, image::imageops::rotate270(&upright)),
+        (8, image::imageops::rotate90(&upright)),
+        (3, image::imageops::rotate180(&upright)),
+    ] {
+        let jpeg = demo::jpeg_with_orientation(&stored, orientation);
+        // The upright reference: the same JPEG pixels (image crate decoder,
+        // which ignores EXIF), turned by hand, saved losslessly.
+        let decoded = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        let turned = match orientation {
+            6 => image::imageops::rotate90(&decoded),
+            8 => image::imageops::rotate270(&decoded),
+            _ => image::imageops::rotate180(&decoded),
+        };
+        assert_eq!(turned.dimensions(), upright.dimensions());
+        let rotated_path = dir.path().join(format!("rotated-{orientation}.jpg"));
+        let upright_path = dir.path().join(format!("upright-{orientation}.png"));
+        std::fs::write(&rotated_path, &jpeg).unwrap();
+        std::fs::write(&upright_path, png(&turned)).unwrap();
+        // The same stored pixels without the EXIF tag are a different input.
+        let plain_path = dir.path().join(format!("plain-{orientation}.jpg"));
+        std::fs::write(&plain_path, demo::jpeg_with_orientation(&stored, 1)).unwrap();
+        let rotated = predict::preprocess_file(&rotated_path, &meta).unwrap();
+        let plain = predict::preprocess_file(&plain_path, &meta).unwrap();
+        assert!(max_diff(&rotated, &plain) > 0.5, "orientation {orientation} was ignored");
+        paths.push((rotated_path, upright_path));
+    }
+    let mut predictor = predict::load(&dir.path().join("model.onnx"), 0).unwrap();
+    for (rotated, upright) in paths {
+        let results = predictor.predict_images(&[rotated.clone(), upright.clone()], 2);
+        let [a, b] = [&results[0], &results[1]].map(|r| r.as_ref().unwrap().probabilities.clone());
+        assert!(max_diff(&a, &b) <= 1e-5, "{}: {a:?} vs {b:?}", rotated.display());
+    }
+}
+
+/// A folder with good images (nested, sorted by the walk), a corrupt JPEG,
+/// a hidden file and a non-image file; returns the good paths in walk order.
+fn mixed_folder(root: &Path) -> (Vec<PathBuf>, PathBuf) {
+    let images = root.join("images");
+    std::fs::create_dir_all(images.join("b")).unwrap();
+    let mut good = Vec::new();
+    for (i, rel) in ["a.png", "b/c.jpg", "b/d.PNG", "e.png"].iter().enumerate() {
+        let img = demo_image(i % CLASSES, (40 + 7 * i as u32, 50), 100 + i as u64);
+        let bytes = if rel.ends_with(".jpg") { demo::encode(&img.into(), ImageFormat::Jpeg) } else { png(&img) };
+        std::fs::write(images.join(rel), bytes).unwrap();
+        good.push(images.join(rel));
+    }
+    let jpeg = demo::encode(&demo_image(0, (64, 64), 9).into(), ImageFormat::Jpeg);
+    let bad = images.join("b/broken.jpg");
+    std::fs::write(&bad, &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::write(images.join(".hidden.png"), b"not even an image").unwrap();
+    std::fs::write(images.join("notes.txt"), b"skipped: not an image extension").unwrap();
+    (good, bad)
+}
+
+#[derive(Debug, PartialEq)]
+struct Row {
+    path: String,
+    classes: Vec<(String, f32)>,
+}
+
+fn parse_csv(text: &str) -> Vec<Row> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(reader.headers().unwrap(), vec!["path", "rank", "class", "probability"]);
+    let mut rows: Vec<Row> = Vec::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let (path, rank, class) = (record[0].to_owned(), record[1].parse::<usize>().unwrap(), record[2].to_owned());
+        let probability: f32 = record[3].parse().unwrap();
+        if rows.last().is_none_or(|r| r.path != path) {
+            rows.push(Row { path: path.clone(), classes: Vec::new() });
+        }
+        let row = rows.last_mut().unwrap();
+        row.classes.push((class, probability));
+        assert_eq!(rank, row.classes.len(), "ranks count from 1 per image");
+    }
+    rows
+}
+
+fn parse_json(text: &str) -> Vec<Row> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| Row {
+            path: item["path"].as_str().unwrap().to_owned(),
+            classes: item["top_k"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["class"].as_str().unwrap().to_owned(), c["probability"].as_f64().unwrap() as f32))
+                .collect(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_corrupt_file_is_reported_and_skipped_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), &metadata(Some(STORED)).to_props());
+    let (good, bad) = mixed_folder(dir.path());
+    let csv_path = dir.path().join("out/predictions.csv");
+    let out = predict_bin(&[
+        &"--model",
+        &model,
+        &"--format",
+        &"csv",
+        &"--output",
+        &csv_path,
+        &"--batch-size",
+        &"2",
+        &dir.path().join("images"),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "--output writes the file, not stdout");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}: ", bad.display())), "{err}");
+    assert!(err.to_lowercase().contains("truncated"), "{err}");
+    assert!(!err.contains("hidden") && !err.contains("notes.txt"), "{err}");
+    let rows = parse_csv(&std::fs::read_to_string(&csv_path).unwrap());
+    let paths: Vec<String> = rows.iter().map(|r| r.path.clone()).collect();
+    let expected: Vec<String> = good.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(paths, expected, "the good images, in walk order");
+    assert!(rows.iter().all(|r| r.classes.len() == 3));
+    let leftovers: Vec<_> = std::fs::read_dir(csv_path.parent().unwrap()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no partial file left behind");
+
+    // All good: exit 0. A named non-image file: reported, exit 3.
+    let ok = predict_bin(&[&"--model", &model, &"--format", &"csv", &good[0], &good[1]]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let notes = dir.path().join("images/notes.txt");
+    let some = predict_bin(&[&"--model", &model, &good[0], &notes]);
+    assert_eq!(some.status.code(), Some(3));
+    assert!(stderr(&some).contains(&format!("{}: not an image", notes.display())), "{}", stderr(&some));
+    assert!(String::from_utf8_lossy(&some.stdout).contains(&good[0].display().to_string()));
+
+    // Nothing predictable: an error, exit 1, nothing written.
+    let none_path = dir.path().join("none.csv");
+    let none = predict_bin(&[&"--model", &model, &"--output", &none_path, &bad, &dir.path().join("missing.png")]);
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    assert!(stderr(&none).contains("missing.png"), "{}", stderr(&none));
+    assert!(!none_path.exists());
+}
+
+#[test]
+fn csv_and_json_agree_with_each_other_and_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    // The model in a run folder's finetune/ sub-folder; --model names the run folder.
+    std::fs::create_dir_all(dir.path().join("run/finetune")).unwrap();
+    write_model(&dir.path().join("run/finetune"), &metadata(Some(STORED)).to_props());
+    let (good, _) = mixed_folder(dir.path());
+    let run = dir.path().join("run");
+    let images = dir.path().join("images");
+    let mut texts = Vec::new();
+    for format in ["csv", "json", "table"] {
+        let out = predict_bin(&[&"--model", &run, &"--format", &format, &"--top-k", &"4", &"--threads", &"1", &images]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out)); // the broken JPEG
+        texts.push(String::from_utf8(out.stdout).unwrap());
+    }
+    let csv_rows = parse_csv(&texts[0]);
+    let json_rows = parse_json(&texts[1]);
+    assert_eq!(csv_rows, json_rows);
+    assert_eq!(csv_rows.len(), good.len());
+
+    let mut predictor = predict::load(&run, 1).unwrap();
+    let library: Vec<Prediction> = predictor.predict_images(&good, 16).into_iter().map(Result::unwrap).collect();
+    for (row, prediction) in csv_rows.iter().zip(&library) {
+        assert_eq!(row.path, prediction.path.display().to_string());
+        assert_eq!(row.classes.len(), 4);
+        for pair in row.classes.windows(2) {
+            assert!(pair[0].1 >= pair[1].1, "top-k sorted descending: {:?}", row.classes);
+        }
+        let sum: f32 = row.classes.iter().map(|c| c.1).sum();
+        assert!(sum <= 1.0 + 1e-6, "{sum}");
+        let names = class_names();
+        for ((class, probability), (index, expected)) in row.classes.iter().zip(prediction.top_k(4)) {
+            assert_eq!(class, &names[index]);
+            assert_eq!(*probability, expected, "CSV and JSON carry the f32 exactly");
+        }
+    }
+    // The table names every image and its best class.
+    for (row, prediction) in csv_rows.iter().zip(&library) {
+        assert!(texts[2].contains(&row.path));
+        assert!(texts[2].contains(&format!("{:.4}", prediction.top_k(1)[0].1)));
+    }
+}
+
+#[test]
+fn a_model_without_metadata_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.png");
+    std::fs::write(&img, png(&demo_image(1, (40, 40), 1))).unwrap();
+
+    let bare = write_model(dir.path(), &[]);
+    match predict::load(&bare, 0) {
+        Err(PredictError::Metadata { path, source }) => {
+            assert_eq!(path, bare);
+            assert_eq!(source.key(), spec::META_MODEL);
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a model without metadata loaded"),
+    }
+    let out = predict_bin(&[&"--model", &bare, &img]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&bare.display().to_string()) && err.contains("\"model\""), "{err}");
+
+    // Only the class names missing.
+    let props: Vec<_> =
+        metadata(Some(STORED)).to_props().into_iter().filter(|(k, _)| k != spec::META_CLASS_NAMES).collect();
+    let partial_dir = dir.path().join("partial");
+    std::fs::create_dir_all(&partial_dir).unwrap();
+    write_model(&partial_dir, &props);
+    let out = predict_bin(&[&"--model", &partial_dir, &img]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"class_names\" is missing"), "{}", stderr(&out));
+
+    // Class names that do not match the output.
+    let mut wrong = metadata(Some(STORED));
+    wrong.class_names.pop();
+    let wrong_dir = dir.path().join("wrong");
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    write_model(&wrong_dir, &wrong.to_props());
+    match predict::load(&wrong_dir, 0) {
+        Err(e @ PredictError::Mismatch { .. }) => assert!(e.to_string().contains("4"), "{e}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a model with the wrong class count loaded"),
+    }
+
+    // No model at all.
+    let out = predict_bin(&[&"--model", &dir.path().join("nowhere"), &img]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+}
+
+#[test]
+fn without_stored_metadata_images_go_straight_to_model_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = metadata(None);
+    let model_path = write_model(dir.path(), &meta.to_props());
+    let img = demo_image(2, (36, 44), 5);
+    let path = dir.path().join("s.png");
+    std::fs::write(&path, png(&img)).unwrap();
+    // 36x44 → shorter side 36: no resampling; crop offsets (2, 6).
+    let input = predict::preprocess_file(&path, &meta).unwrap();
+    let expected: Vec<f32> = (0..3)
+        .flat_map(|c| (0..32u32).flat_map(move |y| (0..32u32).map(move |x| (c, x, y))))
+        .map(|(c, x, y)| {
+            (f32::from(img.get_pixel(x + 2, y + 6).0[c]) / 255.0 - meta.preprocess.mean[c]) / meta.preprocess.std[c]
+        })
+        .collect();
+    assert!(max_diff(&input, &expected) <= 1e-6);
+
+    let model = onnx_graph::read_model(&model_path).unwrap();
+    let feed = Tensor::new(vec![1, 3, 32, 32], expected);
+    let reference = reference::evaluate(&model, &[(vgg::INPUT_NAME, feed)], &[PROBABILITIES]).unwrap();
+    let mut predictor = predict::load(&model_path, 0).unwrap();
+    let prediction = predictor.predict_images(std::slice::from_ref(&path), 4).pop().unwrap().unwrap();
+    assert!(max_diff(&prediction.probabilities, &reference[0].data) <= TOLERANCE);
+
+    let out = predict_bin(&[&"--model", &model_path, &path]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("note:"), "the missing `stored` is mentioned");
+}
+
+#[test]
+fn unreadable_inputs_are_image_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = metadata(Some(STORED));
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let err: ImageError = predict::preprocess_file(&empty, &meta).unwrap_err();
+    assert_eq!(err.to_string(), format!("{}: empty file (0 bytes)", empty.display()));
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, demo::png_bomb(100_000, 100_000)).unwrap();
+    assert!(predict::preprocess_file(&bomb, &meta).unwrap_err().reason.contains("too large"));
+}
