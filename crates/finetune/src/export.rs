@@ -9,22 +9,13 @@ use std::path::Path;
 
 use ndarray::{Array2, ArrayD};
 use onnx_graph::ModelProto;
-use runtime::ort;
 
 use crate::artifacts::Artifacts;
 use crate::compose::{append_softmax, PROBABILITIES};
 use crate::error::{FinetuneError, Result};
+use crate::infer::Inference;
 use crate::ort_training::{OrtTraining, SessionConfig};
 use crate::train::partial_path;
-
-/// Metadata keys of the exported model.
-pub const META_PREPROCESS: &str = "preprocess";
-pub const META_INPUT: &str = "input";
-pub const META_PREPROCESS_FINGERPRINT: &str = "preprocess_fingerprint";
-pub const META_CLASS_NAMES: &str = "class_names";
-pub const META_MODEL: &str = "model";
-pub const META_WEIGHTS_NOTE: &str = "weights_note";
-pub const META_OUTPUT: &str = "output";
 
 /// Exports `checkpoint`'s weights as an inference model at `out`: image in,
 /// [`PROBABILITIES`] out, with `metadata` added to the model's
@@ -44,7 +35,35 @@ pub fn export_inference_model(
     let mut model = read?;
     append_softmax(&mut model, &artifacts.manifest.logits, PROBABILITIES)?;
     drop_unused_opsets(&mut model)?;
-    onnx_graph::set_metadata(&mut model, META_OUTPUT, format!("{PROBABILITIES}: softmax over the classes"));
+    write_with_metadata(model, out, metadata)
+}
+
+/// Exports the full inference model (`inference`: image in, probabilities
+/// out, e.g. [`crate::Composed::inference`]) with the weights of
+/// `checkpoint`, which may cover only part of it: the suffix trained in
+/// cached-prefix mode. Every parameter in the checkpoint must be an
+/// initializer of `inference`; the others keep their values.
+pub fn export_full_model(
+    ort: &OrtTraining,
+    artifacts: &Artifacts,
+    checkpoint: &Path,
+    inference: &ModelProto,
+    out: &Path,
+    metadata: &[(String, String)],
+) -> Result<ModelProto> {
+    let session = ort.open(&artifacts.files(), checkpoint, SessionConfig::default(), false)?;
+    let mut model = inference.clone();
+    for (name, _) in session.parameters()? {
+        let values = session.parameter(&name)?;
+        onnx_graph::set_initializer_f32(&mut model, &name, &values)
+            .map_err(|e| FinetuneError::Export(format!("checkpoint parameter {name:?}: {e}")))?;
+    }
+    drop_unused_opsets(&mut model)?;
+    write_with_metadata(model, out, metadata)
+}
+
+fn write_with_metadata(mut model: ModelProto, out: &Path, metadata: &[(String, String)]) -> Result<ModelProto> {
+    onnx_graph::set_metadata(&mut model, spec::META_OUTPUT, spec::OUTPUT_PROBABILITIES);
     for (key, value) in metadata {
         onnx_graph::set_metadata(&mut model, key, value.as_str());
     }
@@ -58,59 +77,26 @@ pub fn export_inference_model(
 }
 
 /// Metadata describing how images must be prepared for the model (the model
-/// spec's input and preprocessing, as JSON), its classes (in label order),
-/// and where the weights came from.
-pub fn preprocessing_metadata(model: &spec::ModelSpec, class_names: &[String]) -> Vec<(String, String)> {
-    vec![
-        (META_MODEL.to_owned(), model.name.clone()),
-        (META_INPUT.to_owned(), json(&model.input)),
-        (META_PREPROCESS.to_owned(), json(&model.preprocess)),
-        (META_PREPROCESS_FINGERPRINT.to_owned(), model.preprocess_fingerprint().0),
-        (META_CLASS_NAMES.to_owned(), json(class_names)),
-        (
-            META_WEIGHTS_NOTE.to_owned(),
-            if model.source.is_pretrained() {
-                "conv base: pretrained weights, fine-tuned".to_owned()
-            } else {
-                "conv base: RANDOM generated weights (not pretrained), fine-tuned".to_owned()
-            },
-        ),
-    ]
-}
-
-fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).expect("specs serialise")
+/// spec's input and preprocessing, and how the dataset stored its images),
+/// its classes (in label order), and where the weights came from: the
+/// [`spec::InferenceMetadata`] contract that `predict` reads.
+pub fn preprocessing_metadata(
+    model: &spec::ModelSpec,
+    class_names: &[String],
+    stored: Option<spec::StoredImage>,
+) -> Vec<(String, String)> {
+    spec::InferenceMetadata::for_model(model, class_names, stored).to_props()
 }
 
 /// Runs an exported model in the stock ONNX Runtime (1.32, through
 /// `runtime::init_ort`) on `inputs` and returns its probabilities
 /// `[n, classes]`.
 pub fn run_inference(model: &Path, inputs: ArrayD<f32>, threads: usize) -> Result<Array2<f32>> {
-    let environment = runtime::init_ort()?;
-    let graph = onnx_graph::read_model(model)?;
-    let input_name = match onnx_graph::inputs(&graph)?.as_slice() {
-        [input] => input.name.clone(),
-        other => return Err(FinetuneError::Export(format!("the model has {} inputs, expected one", other.len()))),
-    };
-    let output_name = match onnx_graph::outputs(&graph)?.as_slice() {
-        [output] => output.name.clone(),
-        other => return Err(FinetuneError::Export(format!("the model has {} outputs, expected one", other.len()))),
-    };
-    let mut builder = ort::session::Session::builder(environment).map_err(FinetuneError::ort)?;
-    if threads > 0 {
-        builder = builder.with_intra_threads(threads).map_err(FinetuneError::ort)?;
-    }
-    let mut session = builder.commit_from_file(model).map_err(FinetuneError::ort)?;
-    let dims: Vec<i64> = inputs.shape().iter().map(|&d| d as i64).collect();
-    let data = inputs.as_standard_layout().iter().copied().collect::<Vec<f32>>();
-    let value = ort::value::Tensor::from_array((dims, data)).map_err(FinetuneError::ort)?;
-    let outputs = session.run(ort::inputs![input_name.as_str() => value]).map_err(FinetuneError::ort)?;
-    let (shape, values) = outputs[output_name.as_str()].try_extract_tensor::<f32>().map_err(FinetuneError::ort)?;
-    match **shape {
-        [rows, classes] => Array2::from_shape_vec((rows as usize, classes as usize), values.to_vec())
-            .map_err(|e| FinetuneError::Export(e.to_string())),
-        _ => Err(FinetuneError::Export(format!("the output has shape {shape:?}, expected [n, classes]"))),
-    }
+    let probabilities = Inference::from_file(model, threads)?.run(&inputs)?;
+    let shape = probabilities.shape().to_vec();
+    probabilities
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| FinetuneError::Export(format!("the output has shape {shape:?}, expected [n, classes]")))
 }
 
 /// Runs the exported model in ONNX Runtime 1.32 on `sample` and checks that

@@ -23,10 +23,13 @@
 //! head weights arrive as plain arrays ([`compose::DenseLayer`]).
 
 pub mod artifacts;
+pub mod augment;
 pub mod compose;
 pub mod data;
 mod error;
 pub mod export;
+pub mod images;
+pub mod infer;
 pub mod ort_training;
 pub mod prefix;
 pub mod schedule;
@@ -34,12 +37,20 @@ pub mod select;
 pub mod train;
 
 pub use artifacts::{ensure_artifacts, ArtifactRequest, Artifacts, ArtifactsManifest};
+pub use augment::{Augment, CropRange};
 pub use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
 pub use data::{epoch_order, Batch, BatchSource, InMemory};
 pub use error::{FinetuneError, Result};
-pub use export::{export_inference_model, preprocessing_metadata, run_inference, verify_inference_model};
+pub use export::{
+    export_full_model, export_inference_model, preprocessing_metadata, run_inference, verify_inference_model,
+};
+pub use images::{ImageSource, StoredImage};
+pub use infer::Inference;
 pub use ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig, StepOutput, TrainingSession};
-pub use prefix::{precompute, split_at, suffix_parameters, SplitGraph};
+pub use prefix::{
+    cached_activations, latest_frozen_split, precompute, prefix_cache_key, prefix_item_shape, split_at,
+    suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph,
+};
 pub use schedule::Schedule;
 pub use select::{select_parameters, ParameterSplit, Unfreeze};
 pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};

@@ -6,8 +6,10 @@
 //! epochs, export `model.onnx` and run it in ONNX Runtime 1.32. It checks an
 //! installation and times the steps; it trains nothing useful.
 //!
-//! The real run (dataset + head weights → fine-tuned model) lands once the
-//! features and head stages' file contracts are in (see README.md).
+//! `finetune train` is the real batch step: dataset + model spec + head
+//! weights → fine-tuned `model.onnx` (see `train_command.rs`).
+
+mod train_command;
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -31,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune on an ingested dataset, starting from the head stage's weights.
+    Train(train_command::TrainArgs),
     /// Run the whole path on random data (a check and a benchmark, not training).
     Smoke(Smoke),
 }
@@ -80,6 +84,7 @@ enum Optimizer {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Train(args) => train_command::run(args),
         Command::Smoke(args) => smoke(args),
     }
 }
@@ -150,6 +155,7 @@ fn smoke(args: Smoke) -> anyhow::Result<()> {
         run_dir: &run_dir,
         config: &config,
         session: SessionConfig { threads: args.threads, deterministic: true },
+        progress: &progress::Silent,
     };
     let started = Instant::now();
     let outcome = finetune::train(ort, &run, &mut train, None, &mut |record| {
@@ -161,7 +167,7 @@ fn smoke(args: Smoke) -> anyhow::Result<()> {
     let started = Instant::now();
     let model_path = args.out.join("model.onnx");
     let classes: Vec<String> = (0..args.classes).map(|i| format!("class{i}")).collect();
-    let metadata = finetune::preprocessing_metadata(&spec, &classes);
+    let metadata = finetune::preprocessing_metadata(&spec, &classes, None);
     finetune::export_inference_model(ort, &artifacts, &outcome.best_checkpoint, &model_path, &metadata)?;
     lap("export", started);
     let started = Instant::now();

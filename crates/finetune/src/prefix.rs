@@ -10,10 +10,14 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 use onnx_graph::proto::{GraphProto, ModelProto};
 use onnx_graph::shape;
-use runtime::ort;
 
-use crate::data::{BatchSource, InMemory};
+use features::{CacheKey, Dtype, Store};
+use progress::Progress;
+
+use crate::data::{Batch, BatchSource, InMemory};
 use crate::error::{FinetuneError, Result};
+use crate::images::ImageSource;
+use crate::infer::Inference;
 use crate::select::ParameterSplit;
 
 /// Metadata key on the suffix graph naming the tensor it starts at.
@@ -79,6 +83,28 @@ pub fn split_at(model: &ModelProto, tensor: &str) -> Result<SplitGraph> {
     Ok(SplitGraph { prefix, suffix, tensor: tensor.to_owned() })
 }
 
+/// The latest split point among `candidates` (block input tensors, in any
+/// order) with every trainable parameter after it: the longest frozen
+/// prefix. `None` when no candidate qualifies (say, block 1 trains).
+pub fn latest_frozen_split<'c>(
+    model: &ModelProto,
+    candidates: impl IntoIterator<Item = &'c str>,
+    parameters: &ParameterSplit,
+) -> Result<Option<(SplitGraph, ParameterSplit)>> {
+    let graph = onnx_graph::graph(model)?;
+    let position = |tensor: &str| graph.node.iter().position(|n| n.output.iter().any(|o| o == tensor));
+    let mut ordered: Vec<(usize, &str)> =
+        candidates.into_iter().filter_map(|t| position(t).map(|at| (at, t))).collect();
+    ordered.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, tensor) in ordered {
+        let split = split_at(model, tensor)?;
+        if let Ok(restricted) = suffix_parameters(&split, parameters) {
+            return Ok(Some((split, restricted)));
+        }
+    }
+    Ok(None)
+}
+
 /// Checks that every trainable parameter lives in the suffix, and returns
 /// the split restricted to the suffix's parameters.
 pub fn suffix_parameters(split: &SplitGraph, parameters: &ParameterSplit) -> Result<ParameterSplit> {
@@ -96,6 +122,25 @@ pub fn suffix_parameters(split: &SplitGraph, parameters: &ParameterSplit) -> Res
     })
 }
 
+/// A source whose batches go through the frozen prefix on the way: the
+/// suffix trains on them while the prefix runs as inference every step, so
+/// augmentation still works.
+pub struct PrefixSource<'a> {
+    pub inner: &'a mut dyn BatchSource,
+    pub runner: &'a mut Inference,
+}
+
+impl BatchSource for PrefixSource<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn batch(&mut self, indices: &[usize], epoch: usize) -> Result<Batch> {
+        let batch = self.inner.batch(indices, epoch)?;
+        Ok(Batch { inputs: self.runner.run(&batch.inputs)?, labels: batch.labels })
+    }
+}
+
 /// Runs the prefix (as plain inference in ONNX Runtime 1.32) over every
 /// example of `source`, in index order and batches of `batch_size`, and
 /// returns the activations with the same labels: a source for training
@@ -106,44 +151,119 @@ pub fn precompute(
     batch_size: usize,
     threads: usize,
 ) -> Result<InMemory> {
-    let environment = runtime::init_ort()?;
-    let input_name = onnx_graph::inputs(prefix)?.remove(0).name;
-    let output_name = onnx_graph::outputs(prefix)?.remove(0).name;
-    let mut builder = ort::session::Session::builder(environment).map_err(FinetuneError::ort)?;
-    if threads > 0 {
-        builder = builder.with_intra_threads(threads).map_err(FinetuneError::ort)?;
-    }
-    let mut session = builder.commit_from_memory(&onnx_graph::encode_model(prefix)).map_err(FinetuneError::ort)?;
-
+    let mut runner = Inference::from_model(prefix, threads)?;
     let indices: Vec<usize> = (0..source.len()).collect();
-    let mut values: Vec<f32> = Vec::new();
+    let mut parts = Vec::new();
     let mut labels: Vec<i64> = Vec::with_capacity(indices.len());
-    let mut item_shape: Option<Vec<usize>> = None;
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = source.batch(chunk, 0)?;
-        let dims: Vec<i64> = batch.inputs.shape().iter().map(|&d| d as i64).collect();
-        let data: Vec<f32> = batch.inputs.as_standard_layout().iter().copied().collect();
-        let value = ort::value::Tensor::from_array((dims, data)).map_err(FinetuneError::ort)?;
-        let outputs = session.run(ort::inputs![input_name.as_str() => value]).map_err(FinetuneError::ort)?;
-        let (shape, out) = outputs[output_name.as_str()].try_extract_tensor::<f32>().map_err(FinetuneError::ort)?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        match &item_shape {
-            None => item_shape = Some(shape[1..].to_vec()),
-            Some(known) if known[..] != shape[1..] => {
-                return Err(FinetuneError::Data(format!(
-                    "prefix outputs change shape: {known:?} then {:?}",
-                    &shape[1..]
-                )))
-            }
-            Some(_) => {}
-        }
-        values.extend_from_slice(out);
+        parts.push(runner.run(&batch.inputs)?);
         labels.extend(batch.labels);
     }
-    let mut dims = vec![labels.len()];
-    dims.extend(item_shape.unwrap_or_default());
-    let inputs = ArrayD::from_shape_vec(IxDyn(&dims), values).map_err(|e| FinetuneError::Data(e.to_string()))?;
-    InMemory::new(inputs, labels)
+    InMemory::new(concatenate(&parts)?, labels)
+}
+
+fn concatenate(parts: &[ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views)
+        .map_err(|e| FinetuneError::Data(format!("prefix outputs change shape between batches: {e}")))
+}
+
+/// The feature-cache key for a prefix's activations: like the features
+/// stage's key, with the prefix graph's bytes as the model's identity, so
+/// activations are shared by every run (and dataset) with the same frozen
+/// prefix and preprocessing. Stored flattened, f32 (the suffix must see
+/// exactly what the prefix computed).
+pub fn prefix_cache_key(model_name: &str, prefix: &ModelProto, preprocess_fingerprint: &str) -> Result<CacheKey> {
+    let embedding_len = prefix_item_shape(prefix)?.iter().product();
+    Ok(CacheKey {
+        model: format!("{model_name}-prefix"),
+        model_fingerprint: spec::sha256_hex(&onnx_graph::encode_model(prefix)),
+        preprocess_fingerprint: preprocess_fingerprint.to_owned(),
+        pooling: spec::Pooling::Flatten,
+        dtype: Dtype::F32,
+        embedding_len,
+    })
+}
+
+/// What [`cached_activations`] found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrefixCacheStats {
+    pub hits: usize,
+    pub computed: usize,
+    pub seconds: f64,
+}
+
+/// The prefix's activations for every image of `source` (unaugmented),
+/// from `store` where present; the missing ones are computed in batches,
+/// committed to the store segment by segment (so an interruption loses at
+/// most one batch), then everything is read back in index order.
+pub fn cached_activations(
+    store: &Store,
+    source: &ImageSource,
+    runner: &mut Inference,
+    item_shape: &[usize],
+    batch_size: usize,
+    progress: &dyn Progress,
+) -> Result<(InMemory, PrefixCacheStats)> {
+    let started = std::time::Instant::now();
+    if item_shape.iter().product::<usize>() != store.key().embedding_len {
+        return Err(FinetuneError::Config(format!(
+            "prefix outputs of shape {item_shape:?} do not fit the cache key's {} values",
+            store.key().embedding_len
+        )));
+    }
+    let cache_err = |e: features::FeaturesError| FinetuneError::Data(format!("prefix cache: {e}"));
+    let mut plain = source.without_augmentation();
+    let index = store.scan().map_err(cache_err)?;
+    let images = source.images();
+    let missing: Vec<usize> = (0..images.len()).filter(|&i| !index.contains(&images[i].content_id)).collect();
+    let stats = PrefixCacheStats { hits: images.len() - missing.len(), computed: missing.len(), seconds: 0.0 };
+    if !missing.is_empty() {
+        progress.start("frozen prefix", missing.len() as u64);
+        for chunk in missing.chunks(batch_size.max(1)) {
+            let batch = plain.batch(chunk, 0)?;
+            let activations = runner.run(&batch.inputs)?;
+            let rows = activations.shape()[0];
+            let flat = activations
+                .into_shape_with_order((rows, store.key().embedding_len))
+                .map_err(|e| FinetuneError::Data(format!("prefix output does not match the cache key: {e}")))?;
+            let ids: Vec<String> = chunk.iter().map(|&i| images[i].content_id.clone()).collect();
+            store.append(&ids, flat.view()).map_err(cache_err)?;
+            progress.advance(chunk.len() as u64);
+        }
+        progress.finish();
+    }
+    let index = store.scan().map_err(cache_err)?;
+    let ids: Vec<&str> = images.iter().map(|i| i.content_id.as_str()).collect();
+    let flat = store.read(&index, &ids).map_err(cache_err)?;
+    let mut dims = vec![images.len()];
+    dims.extend_from_slice(item_shape);
+    let inputs = flat.into_shape_with_order(IxDyn(&dims)).map_err(|e| FinetuneError::Data(e.to_string()))?;
+    let labels = images.iter().map(|i| i.label).collect();
+    Ok((InMemory::new(inputs, labels)?, PrefixCacheStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
+}
+
+/// The shape of one example's prefix output (all but the batch axis),
+/// which must be fixed to be cached.
+pub fn prefix_item_shape(prefix: &ModelProto) -> Result<Vec<usize>> {
+    let output = onnx_graph::outputs(prefix)?.remove(0);
+    let dims = output.dims.clone().unwrap_or_default();
+    let fixed: Option<Vec<usize>> = dims
+        .iter()
+        .skip(1)
+        .map(|d| match d {
+            shape::Dim::Fixed(n) if *n > 0 => Some(*n as usize),
+            _ => None,
+        })
+        .collect();
+    match fixed {
+        Some(shape) if !shape.is_empty() => Ok(shape),
+        _ => Err(FinetuneError::Config(format!(
+            "the prefix output {:?} has no fixed shape ({dims:?}); cannot cache it",
+            output.name
+        ))),
+    }
 }
 
 /// Writes the prefix to a file (for inspection or another runtime).

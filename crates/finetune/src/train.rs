@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::Array2;
+use progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::Artifacts;
@@ -169,12 +170,14 @@ pub struct TrainOutcome {
 }
 
 /// Where and how to train.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct RunOptions<'a> {
     pub artifacts: &'a Artifacts,
     pub run_dir: &'a Path,
     pub config: &'a TrainConfig,
     pub session: SessionConfig,
+    /// Told each epoch's steps (a bar per epoch).
+    pub progress: &'a dyn Progress,
 }
 
 /// Trains, or resumes the run in `run_dir` (see the module doc). Calls
@@ -264,6 +267,7 @@ pub fn train(
         let order = epoch_order(train.len(), config.seed, epoch, config.shuffle);
         let mut totals = Totals::default();
         let mut learning_rate = config.learning_rate;
+        run.progress.start(&format!("epoch {epoch}/{}", config.epochs), steps_per_epoch as u64);
         for (step, indices) in order.chunks(config.batch_size).enumerate() {
             learning_rate = config.schedule.learning_rate(config.learning_rate, state.global_step, total_steps);
             session.set_learning_rate(learning_rate)?;
@@ -284,7 +288,9 @@ pub fn train(
             session.lazy_reset_grad()?;
             totals.add(output.loss, &output.logits, &labels);
             state.global_step += 1;
+            run.progress.advance(1);
         }
+        run.progress.finish();
         let train_seconds = started.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match validation.as_deref_mut() {
             Some(source) => {

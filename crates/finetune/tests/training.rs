@@ -170,7 +170,13 @@ fn training_freezes_what_is_frozen_and_the_export_matches_eval_in_ort_1_32() {
     let (composed, artifacts) = block5_artifacts(root.path());
     let run_dir = root.path().join("run");
     let config = TrainConfig { patience: Some(5), ..quick_config(3) };
-    let run = RunOptions { artifacts: &artifacts, run_dir: &run_dir, config: &config, session: ONE_THREAD };
+    let run = RunOptions {
+        artifacts: &artifacts,
+        run_dir: &run_dir,
+        config: &config,
+        session: ONE_THREAD,
+        progress: &progress::Silent,
+    };
     let mut train = data(24, 10);
     let mut validation = data(8, 20);
     let mut seen = Vec::new();
@@ -193,7 +199,8 @@ fn training_freezes_what_is_frozen_and_the_export_matches_eval_in_ort_1_32() {
 
     // Export the best epoch; read its weights back with onnx_graph.
     let model_path = run_dir.join("model.onnx");
-    let metadata = finetune::preprocessing_metadata(&model_spec(), &["a".into(), "b".into(), "c".into(), "d".into()]);
+    let metadata =
+        finetune::preprocessing_metadata(&model_spec(), &["a".into(), "b".into(), "c".into(), "d".into()], None);
     finetune::export_inference_model(ort(), &artifacts, &outcome.best_checkpoint, &model_path, &metadata).unwrap();
     let exported = onnx_graph::read_model(&model_path).unwrap();
     assert!(onnx_graph::metadata(&exported, "preprocess").unwrap().contains("\"mean\""));
@@ -231,7 +238,13 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let (_, artifacts) = block5_artifacts(root.path());
     let config = quick_config(3);
     let run = |dir: &Path, stop_after: Option<usize>| {
-        let options = RunOptions { artifacts: &artifacts, run_dir: dir, config: &config, session: ONE_THREAD };
+        let options = RunOptions {
+            artifacts: &artifacts,
+            run_dir: dir,
+            config: &config,
+            session: ONE_THREAD,
+            progress: &progress::Silent,
+        };
         let mut train = data(20, 40);
         let mut validation = data(6, 50);
         finetune::train(ort(), &options, &mut train, Some(&mut validation), &mut |record| {
@@ -273,7 +286,13 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let again = run(&interrupted_dir, None);
     assert_eq!(again.resumed_after_epoch, 3);
     let other = TrainConfig { learning_rate: 1e-3, ..config.clone() };
-    let options = RunOptions { artifacts: &artifacts, run_dir: &interrupted_dir, config: &other, session: ONE_THREAD };
+    let options = RunOptions {
+        artifacts: &artifacts,
+        run_dir: &interrupted_dir,
+        config: &other,
+        session: ONE_THREAD,
+        progress: &progress::Silent,
+    };
     let err =
         finetune::train(ort(), &options, &mut data(20, 40), None, &mut |_| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("holds another run"), "{err}");
@@ -288,7 +307,13 @@ fn a_nan_loss_stops_the_run_naming_epoch_and_step() {
     let mut train = InMemory::new(inputs, labels(12, 61)).unwrap();
     let config = TrainConfig { shuffle: false, ..quick_config(2) };
     let run_dir = root.path().join("run");
-    let options = RunOptions { artifacts: &artifacts, run_dir: &run_dir, config: &config, session: ONE_THREAD };
+    let options = RunOptions {
+        artifacts: &artifacts,
+        run_dir: &run_dir,
+        config: &config,
+        session: ONE_THREAD,
+        progress: &progress::Silent,
+    };
     let err = finetune::train(ort(), &options, &mut train, None, &mut |_| ControlFlow::Continue(())).unwrap_err();
     match &err {
         FinetuneError::NonFiniteLoss { epoch: 1, step: 2, global_step: 2, .. } => {}
