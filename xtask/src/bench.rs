@@ -11,7 +11,7 @@ use crate::util;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only these benchmarks (default: all). Known: ingest, features, head.
+    /// Only these benchmarks (default: all). Known: ingest, features, head, finetune.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Images in the ingest benchmark.
@@ -36,18 +36,21 @@ pub fn run(args: &Args) -> Result<()> {
     if wanted("head") {
         write_section("head", &head()?)?;
     }
+    if wanted("finetune") {
+        write_section("finetune", &crate::bench_finetune::run()?)?;
+    }
     println!("updated BENCHMARKS.md");
     Ok(())
 }
 
 /// Wall time and peak memory of one command, from GNU time.
-struct Measured {
-    seconds: f64,
-    max_rss_mb: f64,
-    stdout: String,
+pub struct Measured {
+    pub seconds: f64,
+    pub max_rss_mb: f64,
+    pub stdout: String,
 }
 
-fn measure(cmd: &mut Command) -> Result<Measured> {
+pub fn measure(cmd: &mut Command) -> Result<Measured> {
     let time = Path::new("/usr/bin/time");
     if !time.exists() {
         bail!("/usr/bin/time is needed for peak-memory figures (apt-get install time)");
@@ -185,7 +188,7 @@ fn bench_venv() -> Result<PathBuf> {
     util::throwaway_venv(&PathBuf::from(BENCH_DIR).join("venv"), &["pillow>=10", "pyarrow>=15", "duckdb>=1.0"])
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_features;
+mod bench_finetune;
 mod fetch_model;
 mod pipeline;
 mod util;

