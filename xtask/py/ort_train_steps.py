@@ -1,6 +1,8 @@
 """Engine baseline for the finetune benchmark: ONNX Runtime's training API
 driven from Python on the same training artifacts the Rust loop used, with
-random inputs already in memory (no data loading, no augmentation).
+random inputs already in memory (no data loading, no augmentation). With
+--prefix-model, each batch first goes through the frozen prefix in an
+inference session (the prefix-as-inference mode).
 
 Prints one JSON line: images, seconds, images_per_second, peak_rss_mb.
 """
@@ -33,6 +35,8 @@ def main():
     p.add_argument("--images", type=int, required=True)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--prefix-model", help="run this frozen prefix as inference on random images first")
+    p.add_argument("--image-shape", default="3,224,224", help="the prefix's input, per image")
     args = p.parse_args()
 
     state = CheckpointState.load_checkpoint(f"{args.artifacts}/checkpoint")
@@ -43,6 +47,13 @@ def main():
     optimizer.set_learning_rate(args.learning_rate)
     module.train()
     item = [int(d) for d in args.item_shape.split(",")]
+    prefix = None
+    if args.prefix_model:
+        import onnxruntime
+
+        prefix = onnxruntime.InferenceSession(args.prefix_model, providers=["CPUExecutionProvider"])
+        prefix_input = prefix.get_inputs()[0].name
+        item = [int(d) for d in args.image_shape.split(",")]
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     done = 0
@@ -50,6 +61,8 @@ def main():
         n = min(args.batch, args.images - done)
         x = rng.uniform(-2, 2, size=[n] + item).astype(np.float32)
         y = rng.integers(0, args.classes, size=n).astype(np.int64)
+        if prefix is not None:
+            x = prefix.run(None, {prefix_input: x})[0]
         module(x, y)
         optimizer.step()
         module.lazy_reset_grad()

@@ -200,7 +200,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
     }
 
     // report
-    let input = report_input::build(&run_dir, &record, experiment, &model_spec, clock.elapsed().as_secs_f64())?;
+    let input = report_input::build(&run_dir, &record, experiment, &model_spec)?;
     store::write_atomically(&run_dir.join("report.json"), &serde_json::to_vec_pretty(&input)?)?;
     let rendered = report::render(&input, &run_dir)?;
     record.seconds = clock.elapsed().as_secs_f64();

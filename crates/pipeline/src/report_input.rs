@@ -11,13 +11,7 @@ use serde_json::Value;
 
 use crate::{Experiment, RunRecord};
 
-pub fn build(
-    run_dir: &Path,
-    record: &RunRecord,
-    experiment: &Experiment,
-    model_spec: &Path,
-    seconds: f64,
-) -> Result<ReportInput> {
+pub fn build(run_dir: &Path, record: &RunRecord, experiment: &Experiment, model_spec: &Path) -> Result<ReportInput> {
     let dataset = read_json(&run_dir.join("dataset/dataset.json"))?;
     let features = read_json(&run_dir.join("features/features.json"))?;
     let spec_text = std::fs::read_to_string(model_spec)?;
@@ -41,12 +35,12 @@ pub fn build(
     if !experiment.finetune.enabled {
         notes.push("Fine-tuning is disabled in this experiment (finetune.enabled = false).".into());
     }
-    let mut stages: Vec<StageTiming> = record
+    // The report adds the total row itself.
+    let stages: Vec<StageTiming> = record
         .stages
         .iter()
         .map(|s| StageTiming { name: s.name.clone(), status: s.status, seconds: s.seconds, note: s.note.clone() })
         .collect();
-    stages.push(StageTiming { name: "total".into(), status: report::StageStatus::Ran, seconds, note: String::new() });
     Ok(ReportInput {
         title: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         created: record.started_at.clone(),
