@@ -42,7 +42,12 @@ impl Inference {
             [output] => output.name.clone(),
             other => return Err(FinetuneError::Export(format!("the model has {} outputs, expected one", other.len()))),
         };
-        let mut builder = ort::session::Session::builder(environment).map_err(FinetuneError::ort)?;
+        // No spin-waiting between runs: the training session (another ONNX
+        // Runtime, in the same process) needs the cores right after.
+        let mut builder = ort::session::Session::builder(environment)
+            .map_err(FinetuneError::ort)?
+            .with_intra_op_spinning(false)
+            .map_err(FinetuneError::ort)?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(FinetuneError::ort)?;
         }

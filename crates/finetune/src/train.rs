@@ -114,6 +114,12 @@ pub struct EpochRecord {
     pub best: bool,
     pub seconds: f64,
     pub train_examples_per_second: f64,
+    /// Of the epoch's training time, the part spent getting batches (data
+    /// preparation, augmentation, a frozen prefix run as inference). A
+    /// thread preparing the next batch during the step was tried: no faster
+    /// on 2 cores, where both already keep the cores busy.
+    #[serde(default)]
+    pub input_seconds: f64,
 }
 
 /// Why a call to [`train`] returned.
@@ -267,11 +273,14 @@ pub fn train(
         let order = epoch_order(train.len(), config.seed, epoch, config.shuffle);
         let mut totals = Totals::default();
         let mut learning_rate = config.learning_rate;
+        let mut input_seconds = 0.0;
         run.progress.start(&format!("epoch {epoch}/{}", config.epochs), steps_per_epoch as u64);
         for (step, indices) in order.chunks(config.batch_size).enumerate() {
             learning_rate = config.schedule.learning_rate(config.learning_rate, state.global_step, total_steps);
             session.set_learning_rate(learning_rate)?;
+            let fetch = Instant::now();
             let batch = train.batch(indices, epoch)?;
+            input_seconds += fetch.elapsed().as_secs_f64();
             check_batch(&batch, indices.len())?;
             let labels = batch.labels.clone();
             let output = session.train_step(batch.inputs, batch.labels)?;
@@ -329,6 +338,7 @@ pub fn train(
             best: improved,
             seconds: started.elapsed().as_secs_f64(),
             train_examples_per_second: train.len() as f64 / train_seconds.max(1e-9),
+            input_seconds,
         };
         state.completed_epochs = epoch;
         state.history.push(record.clone());

@@ -232,7 +232,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let run = RunOptions { artifacts: &artifacts, run_dir: &run_dir, config: &config, session, progress: &bar };
     let mut on_epoch = |record: &finetune::EpochRecord| {
         eprintln!(
-            "epoch {}/{}  loss {:.4}  acc {:.4}{}  {:.1} images/s",
+            "epoch {}/{}  loss {:.4}  acc {:.4}{}  {:.1} images/s ({:.0}% of it getting batches)",
             record.epoch,
             config.epochs,
             record.train_loss,
@@ -241,7 +241,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 (Some(l), Some(a)) => format!("  val_loss {l:.4}  val_acc {a:.4}"),
                 _ => String::new(),
             },
-            record.train_examples_per_second
+            record.train_examples_per_second,
+            100.0 * record.input_seconds / record.seconds.max(1e-9)
         );
         ControlFlow::Continue(())
     };

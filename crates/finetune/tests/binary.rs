@@ -55,7 +55,7 @@ fn command(f: &Fixture, out: &str, extra: &[&str]) -> Command {
         .args(["--dataset", f.dataset.to_str().unwrap(), "--head", f.head.to_str().unwrap(), "--model", TINY])
         .args(["--out", f.root.join(out).to_str().unwrap()])
         .args(["--features-cache", f.root.join("feature-cache").to_str().unwrap()])
-        .args(["--threads", "1", "--learning-rate", "1e-3", "--batch-size", "8", "--patience", "0", "--seed", "4"])
+        .args(["--threads", "1", "--learning-rate", "1e-3", "--batch-size", "12", "--patience", "0", "--seed", "4"])
         .args(extra);
     command
 }
