@@ -55,6 +55,11 @@ pub struct TrainConfig {
     /// The least decrease that counts as an improvement.
     #[serde(default)]
     pub min_delta: f64,
+    /// What the batches are, for the caller to say (augmentation, how the
+    /// frozen prefix runs): part of the run's identity, so a run folder only
+    /// resumes over the same kind of data.
+    #[serde(default)]
+    pub source: String,
 }
 
 fn yes() -> bool {
@@ -72,6 +77,7 @@ impl Default for TrainConfig {
             shuffle: true,
             patience: Some(3),
             min_delta: 0.0,
+            source: String::new(),
         }
     }
 }

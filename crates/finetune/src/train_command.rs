@@ -223,6 +223,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         shuffle: true,
         patience: (args.patience > 0).then_some(args.patience),
         min_delta: 0.0,
+        source: serde_json::to_string(&(&augment, mode, split.as_ref().map(|(s, _)| &s.tensor)))?,
     };
     let run_dir = args.out.join("run");
     if args.restart && run_dir.exists() {

@@ -132,7 +132,7 @@ fn prefix_modes_agree_and_the_prefix_cache_is_reused() {
 }
 
 #[test]
-fn a_random_head_and_cached_augmentation_are_refused() {
+fn a_random_head_cached_augmentation_and_changed_data_are_refused() {
     let f = fixture(3);
     let output = Command::new(BIN)
         .args(["train", "--dataset", f.dataset.to_str().unwrap(), "--model", TINY])
@@ -144,6 +144,12 @@ fn a_random_head_and_cached_augmentation_are_refused() {
     let output = command(&f, "y", &["--prefix", "cached"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--no-augment"));
+    // Same artifacts and settings but no augmentation: another run, which
+    // the folder of an augmented one refuses to resume.
+    run(&f, "z", &["--prefix", "full", "--epochs", "1"]);
+    let output = command(&f, "z", &["--prefix", "full", "--epochs", "1", "--no-augment"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds another run"));
 }
 
 /// Augmentation on, prefix as inference: kill the process once an epoch is

@@ -109,6 +109,7 @@ fn quick_config(epochs: usize) -> TrainConfig {
         shuffle: true,
         patience: None,
         min_delta: 0.0,
+        source: String::new(),
     }
 }
 
