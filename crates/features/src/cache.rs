@@ -644,10 +644,7 @@ fn partial_pid(name: &str) -> Option<u32> {
 
 /// Writes a small file via a temporary sibling and a rename.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FeaturesError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let partial = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    std::fs::write(&partial, bytes).map_err(FeaturesError::io(&partial))?;
-    std::fs::rename(&partial, path).map_err(FeaturesError::io(path))
+    atomic_file::write(path, bytes).map_err(|e| FeaturesError::io(&e.path)(e.source))
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use crate::compose::{append_softmax, PROBABILITIES};
 use crate::error::{FinetuneError, Result};
 use crate::infer::Inference;
 use crate::ort_training::{OrtTraining, SessionConfig};
-use crate::train::partial_path;
 
 /// Exports `checkpoint`'s weights as an inference model at `out`: image in,
 /// [`PROBABILITIES`] out, with `metadata` added to the model's
@@ -28,7 +27,7 @@ pub fn export_inference_model(
     metadata: &[(String, String)],
 ) -> Result<ModelProto> {
     let session = ort.open(&artifacts.files(), checkpoint, SessionConfig::default(), false)?;
-    let logits_model = partial_path(&out.with_extension("logits.onnx"));
+    let logits_model = atomic_file::partial_path(&out.with_extension("logits.onnx"));
     session.export_model_for_inferencing(&logits_model, &[&artifacts.manifest.logits])?;
     let read = onnx_graph::read_model(&logits_model);
     let _ = std::fs::remove_file(&logits_model);

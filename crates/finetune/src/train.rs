@@ -450,7 +450,7 @@ fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
 }
 
 fn save_checkpoint_atomically(session: &TrainingSession, path: &Path, with_optimizer: bool) -> Result<()> {
-    let partial = partial_path(path);
+    let partial = atomic_file::partial_path(path);
     session.save_checkpoint(&partial, with_optimizer)?;
     std::fs::rename(&partial, path).map_err(FinetuneError::io("cannot move a checkpoint to", path))
 }
@@ -500,15 +500,11 @@ fn append_metrics(run_dir: &Path, record: &EpochRecord) -> Result<()> {
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let partial = partial_path(path);
-    std::fs::write(&partial, bytes).map_err(FinetuneError::io("cannot write", &partial))?;
-    std::fs::rename(&partial, path).map_err(FinetuneError::io("cannot move into place", path))
-}
-
-pub(crate) fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
+    atomic_file::write(path, bytes).map_err(|e| FinetuneError::Io {
+        what: "cannot write",
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

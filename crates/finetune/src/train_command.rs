@@ -440,10 +440,7 @@ fn inference_batch(training_batch: usize) -> usize {
 fn write_json<V: Serialize>(path: &Path, value: &V) -> anyhow::Result<()> {
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
-    let partial = path.with_extension("json.partial");
-    std::fs::write(&partial, text).with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    Ok(atomic_file::write(path, &text)?)
 }
 
 /// This process's peak resident memory (Linux `VmHWM`), in MB.

@@ -55,13 +55,9 @@ fn format_err(path: &Path, message: impl Into<String>) -> IoError {
     IoError::Format { path: path.to_path_buf(), message: message.into() }
 }
 
-/// Writes `bytes` to `path` through `path.partial` and a rename.
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    fs::write(&partial, bytes).map_err(io_err(&partial))?;
-    fs::rename(&partial, path).map_err(io_err(path))
+    atomic_file::write(path, bytes).map_err(|e| IoError::Io { path: e.path, source: e.source })
 }
 
 fn write_json<V: Serialize>(path: &Path, value: &V) -> Result<(), IoError> {

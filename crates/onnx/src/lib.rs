@@ -87,15 +87,7 @@ pub fn read_model(path: impl AsRef<Path>) -> Result<ModelProto, GraphError> {
 /// one, never half of one.
 pub fn write_model(model: &ModelProto, path: impl AsRef<Path>) -> Result<(), GraphError> {
     let path = path.as_ref();
-    let write_error = |source| GraphError::Write { path: path.to_owned(), source };
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".{}.partial", std::process::id()));
-    let partial = PathBuf::from(partial);
-    std::fs::write(&partial, encode_model(model)).map_err(write_error)?;
-    std::fs::rename(&partial, path).map_err(|source| {
-        let _ = std::fs::remove_file(&partial);
-        write_error(source)
-    })
+    atomic_file::write(path, &encode_model(model)).map_err(|e| GraphError::Write { path: e.path, source: e.source })
 }
 
 /// Returns the model's graph, or [`GraphError::NoGraph`].

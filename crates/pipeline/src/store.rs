@@ -51,11 +51,7 @@ pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".partial-{}", std::process::id()));
-    let partial = PathBuf::from(partial);
-    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
+    Ok(atomic_file::write(path, bytes)?)
 }
 
 /// A digest of a folder's files: sorted relative paths and SHA-256 of each

@@ -2,8 +2,7 @@
 //! or JSON (`[{path, top_k: [{class, probability}]}]`); to stdout or
 //! atomically to a file.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -96,23 +95,8 @@ fn render_table(predictions: &[Prediction], class_names: &[String], k: usize) ->
 /// Writes `bytes` to `path` through a temporary sibling renamed into place,
 /// so that `path` holds the old content or the new, never half of it.
 /// Creates the parent folder if needed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".{}.partial", std::process::id()));
-    let partial = PathBuf::from(partial);
-    let written = (|| {
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    written
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), atomic_file::WriteError> {
+    atomic_file::write(path, bytes)
 }
 
 #[cfg(test)]

@@ -1,34 +1,15 @@
 //! The crate's only file system access: atomic writes and stale-file removal.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 
 use crate::ReportError;
 
-/// Writes `bytes` to `<path>.partial`, flushes it to disk and renames it to
-/// `path`, so readers see either the old file or the whole new one.
+/// Writes `bytes` through a synced temporary sibling renamed to `path`, so
+/// readers see either the old file or the whole new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let partial = partial_path(path);
-    let result = write_and_sync(&partial, bytes)
-        .and_then(|()| fs::rename(&partial, path).map_err(ReportError::io("rename into place", path)));
-    if result.is_err() {
-        // Best effort: a failed write leaves no half-written sibling behind.
-        let _ = fs::remove_file(&partial);
-    }
-    result
-}
-
-fn write_and_sync(partial: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let mut file = fs::File::create(partial).map_err(ReportError::io("create", partial))?;
-    file.write_all(bytes).map_err(ReportError::io("write", partial))?;
-    file.sync_all().map_err(ReportError::io("sync", partial))
-}
-
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
-    path.with_file_name(name)
+    atomic_file::write(path, bytes).map_err(|e| ReportError::io("write", &e.path)(e.source))
 }
 
 /// Creates `dir` and its parents.
@@ -63,8 +44,10 @@ mod tests {
     #[test]
     fn failed_write_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing-dir").join("a.txt");
+        // A folder stands where the file should go: the rename fails.
+        let path = dir.path().join("a.txt");
+        fs::create_dir_all(path.join("x")).unwrap();
         let err = write_atomic(&path, b"x").unwrap_err().to_string();
-        assert!(err.contains("a.txt.partial") && err.contains("cannot create"), "{err}");
+        assert!(err.contains("a.txt") && err.contains("cannot write"), "{err}");
     }
 }
