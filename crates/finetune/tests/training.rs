@@ -51,6 +51,11 @@ fn composed() -> Composed {
     compose(&base, &HeadInit::Trained(head()), &options).unwrap()
 }
 
+/// Run options with one thread and no progress output.
+fn one_thread<'a>(artifacts: &'a Artifacts, run_dir: &'a Path, config: &'a TrainConfig) -> RunOptions<'a> {
+    RunOptions { artifacts, run_dir, config, session: ONE_THREAD, progress: &progress::Silent }
+}
+
 fn artifacts_for(root: &Path, model: &onnx_graph::ModelProto, split: &finetune::ParameterSplit) -> Artifacts {
     let request = ArtifactRequest { model, split, loss: Loss::CrossEntropy, optimizer: OptimizerKind::AdamW };
     ensure_artifacts(ort(), root, &request).unwrap_or_else(|e| panic!("{e}"))
@@ -171,13 +176,7 @@ fn training_freezes_what_is_frozen_and_the_export_matches_eval_in_ort_1_32() {
     let (composed, artifacts) = block5_artifacts(root.path());
     let run_dir = root.path().join("run");
     let config = TrainConfig { patience: Some(5), ..quick_config(3) };
-    let run = RunOptions {
-        artifacts: &artifacts,
-        run_dir: &run_dir,
-        config: &config,
-        session: ONE_THREAD,
-        progress: &progress::Silent,
-    };
+    let run = one_thread(&artifacts, &run_dir, &config);
     let mut train = data(24, 10);
     let mut validation = data(8, 20);
     let mut seen = Vec::new();
@@ -239,13 +238,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let (_, artifacts) = block5_artifacts(root.path());
     let config = quick_config(3);
     let run = |dir: &Path, stop_after: Option<usize>| {
-        let options = RunOptions {
-            artifacts: &artifacts,
-            run_dir: dir,
-            config: &config,
-            session: ONE_THREAD,
-            progress: &progress::Silent,
-        };
+        let options = one_thread(&artifacts, dir, &config);
         let mut train = data(20, 40);
         let mut validation = data(6, 50);
         finetune::train(ort(), &options, &mut train, Some(&mut validation), &mut |record| {
@@ -287,13 +280,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let again = run(&interrupted_dir, None);
     assert_eq!(again.resumed_after_epoch, 3);
     let other = TrainConfig { learning_rate: 1e-3, ..config.clone() };
-    let options = RunOptions {
-        artifacts: &artifacts,
-        run_dir: &interrupted_dir,
-        config: &other,
-        session: ONE_THREAD,
-        progress: &progress::Silent,
-    };
+    let options = one_thread(&artifacts, &interrupted_dir, &other);
     let err =
         finetune::train(ort(), &options, &mut data(20, 40), None, &mut |_| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("holds another run"), "{err}");
@@ -308,13 +295,7 @@ fn a_nan_loss_stops_the_run_naming_epoch_and_step() {
     let mut train = InMemory::new(inputs, labels(12, 61)).unwrap();
     let config = TrainConfig { shuffle: false, ..quick_config(2) };
     let run_dir = root.path().join("run");
-    let options = RunOptions {
-        artifacts: &artifacts,
-        run_dir: &run_dir,
-        config: &config,
-        session: ONE_THREAD,
-        progress: &progress::Silent,
-    };
+    let options = one_thread(&artifacts, &run_dir, &config);
     let err = finetune::train(ort(), &options, &mut train, None, &mut |_| ControlFlow::Continue(())).unwrap_err();
     match &err {
         FinetuneError::NonFiniteLoss { epoch: 1, step: 2, global_step: 2, .. } => {}
