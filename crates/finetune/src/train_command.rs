@@ -365,7 +365,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         peak_rss_mb: peak_rss_mb(),
         total_seconds: clock.elapsed().as_secs_f64(),
     };
-    write_json(&args.out.join(SUMMARY_FILE), &summary)?;
+    head::io::write_report(&args.out.join(SUMMARY_FILE), &summary)?;
     eprintln!(
         "fine-tuned in {:.1} s (best epoch {best}, {:?}); model: {}{}",
         summary.total_seconds,
@@ -435,12 +435,6 @@ fn evaluate_test(
 /// changes above 8 (see the features benchmark).
 fn inference_batch(training_batch: usize) -> usize {
     training_batch.clamp(1, 8)
-}
-
-fn write_json<V: Serialize>(path: &Path, value: &V) -> anyhow::Result<()> {
-    let mut text = serde_json::to_vec_pretty(value)?;
-    text.push(b'\n');
-    Ok(atomic_file::write(path, &text)?)
 }
 
 /// This process's peak resident memory (Linux `VmHWM`), in MB.

@@ -111,7 +111,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let started_at = chrono::Utc::now();
     let run_dir = new_run_dir(&options.runs_root, &experiment.name, &started_at)?;
     std::fs::create_dir_all(run_dir.join("logs"))?;
-    store::write_atomically(&run_dir.join("experiment.toml"), experiment.to_toml().as_bytes())?;
+    atomic_file::write(&run_dir.join("experiment.toml"), experiment.to_toml().as_bytes())?;
     eprintln!("run folder: {}", run_dir.display());
 
     let (model_spec, model_note) = choose_model(experiment)?;
@@ -201,7 +201,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
 
     // report
     let input = report_input::build(&run_dir, &record, experiment, &model_spec)?;
-    store::write_atomically(&run_dir.join("report.json"), &serde_json::to_vec_pretty(&input)?)?;
+    atomic_file::write(&run_dir.join("report.json"), &serde_json::to_vec_pretty(&input)?)?;
     let rendered = report::render(&input, &run_dir)?;
     record.seconds = clock.elapsed().as_secs_f64();
     record.report = Some(rendered.html.clone());
@@ -478,5 +478,5 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 fn write_run(run_dir: &Path, record: &RunRecord) -> Result<()> {
-    store::write_atomically(&run_dir.join(RUN_FILE), &serde_json::to_vec_pretty(record)?)
+    Ok(atomic_file::write(&run_dir.join(RUN_FILE), &serde_json::to_vec_pretty(record)?)?)
 }

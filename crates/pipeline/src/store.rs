@@ -30,7 +30,7 @@ pub fn complete(dir: &Path, fingerprint: &str) -> Option<Marker> {
 }
 
 pub fn mark_complete(dir: &Path, marker: &Marker) -> Result<()> {
-    write_atomically(&dir.join(MARKER), &serde_json::to_vec_pretty(marker)?)
+    Ok(atomic_file::write(&dir.join(MARKER), &serde_json::to_vec_pretty(marker)?)?)
 }
 
 /// Copies `from` into `to` (which must not exist) as hard links, falling
@@ -47,11 +47,6 @@ pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(atomic_file::write(path, bytes)?)
 }
 
 /// A digest of a folder's files: sorted relative paths and SHA-256 of each
