@@ -106,7 +106,21 @@ pub fn write_weights(path: &Path, model: &Mlp<f32>) -> Result<(), IoError> {
     .collect();
     let bytes = safetensors::serialize(views, Some(header))
         .map_err(|source| IoError::Safetensors { path: path.to_path_buf(), source })?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &sorted_header(bytes))
+}
+
+/// The same file with its JSON header's keys sorted: `safetensors` writes
+/// the metadata map in `HashMap` order, which changes from run to run, and
+/// the same weights must give the same bytes. The header keeps its length
+/// (same keys and values), so the data offsets stay valid.
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = &bytes[8..8 + len];
+    let value: serde_json::Value = serde_json::from_slice(header.trim_ascii_end()).expect("safetensors wrote JSON");
+    let mut sorted = serde_json::to_vec(&value).expect("a JSON value serialises");
+    sorted.resize(len, b' ');
+    debug_assert_eq!(sorted.len(), len, "same keys and values, same length");
+    [&bytes[..8], &sorted, &bytes[8 + len..]].concat()
 }
 
 /// Reads weights written by [`write_weights`] (or by any tool that follows
