@@ -37,6 +37,9 @@ struct Args {
     /// Where the stage binaries are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The feature cache (embeddings and prefix activations); default: `$TL_CACHE_DIR/features`.
+    #[arg(long)]
+    features_cache: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -63,7 +66,7 @@ fn main() -> Result<()> {
         runs_root: args.runs.clone(),
         bin_dir: bin_dir.clone(),
         force: args.force.clone(),
-        features_cache: None,
+        features_cache: args.features_cache.clone(),
         echo: true,
     };
     let outcome = pipeline::run(&options)?;
