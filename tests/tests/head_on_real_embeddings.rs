@@ -3,7 +3,7 @@
 //! size to keep it quick. The head must beat a nearest-class-mean baseline
 //! on the held-out split.
 
-use ingest::Split;
+use dataset::Split;
 use ndarray::{Array2, ArrayView2, Axis};
 use spec::ModelSpec;
 
@@ -52,7 +52,7 @@ fn head_beats_nearest_class_mean_on_pretrained_vgg16_features() {
     dataset_spec.split = spec::SplitRatios { train: 0.6, validation: 0.2, test: 0.2 };
     let dataset_dir = tmp.path().join("dataset");
     ingest::ingest(&dataset_spec, &dataset_dir, &Default::default(), &progress::Silent).unwrap();
-    let dataset = ingest::Dataset::open(&dataset_dir).unwrap();
+    let dataset = dataset::Dataset::open(&dataset_dir).unwrap();
 
     // The real Keras ImageNet weights, at 64x64 (the conv base's input size is free).
     let text =
@@ -66,12 +66,12 @@ fn head_beats_nearest_class_mean_on_pretrained_vgg16_features() {
     let cache = runtime::cache_dir().unwrap();
     let model = models::resolve(&model_spec, &cache).unwrap_or_else(|e| panic!("the pretrained VGG16 is needed: {e}"));
     assert!(model.pretrained);
-    let feature_cache = features::FeatureCache::open(&tmp.path().join("features")).unwrap();
+    let feature_cache = feature_cache::FeatureCache::open(&tmp.path().join("features")).unwrap();
     let summary =
         features::extract(&dataset, &model, &feature_cache, &features::ExtractOptions::default(), &progress::Silent)
             .unwrap();
     let store = feature_cache.store(&summary.key).unwrap();
-    let load = |split| features::load_split(&dataset, &store, split).unwrap();
+    let load = |split| feature_cache::load_split(&dataset, &store, split).unwrap();
     let (train, val, test) = (load(Split::Train), load(Split::Validation), load(Split::Test));
     let to_usize = |l: &[u32]| l.iter().map(|&x| x as usize).collect::<Vec<_>>();
     let (train_y, val_y, test_y) = (to_usize(&train.labels), to_usize(&val.labels), to_usize(&test.labels));

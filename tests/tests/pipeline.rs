@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ingest::{Dataset, Split};
+use dataset::{Dataset, Split};
 use pipeline::{Experiment, Options, StageStatus};
 
 const EXPERIMENT: &str = r#"

@@ -74,7 +74,7 @@ fn ingest(args: &Args) -> Result<String> {
     let data = PathBuf::from(BENCH_DIR).join(format!("ingest-{}-640x480", args.images));
     if !data.join(".complete").exists() {
         eprintln!("generating {} 640x480 JPEGs in {} ...", args.images, data.display());
-        let mut rng = demo::Rng::new(1);
+        let mut rng = train_kit::SplitMix64::new(1);
         for i in 0..args.images {
             let class = i % demo::CLASSES.len();
             let dir = data.join(demo::CLASSES[class]);

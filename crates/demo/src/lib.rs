@@ -10,6 +10,7 @@
 use std::fs;
 use std::io::{self, Cursor};
 use std::path::Path;
+use train_kit::SplitMix64;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, ImageEncoder, ImageFormat, Rgb, RgbImage};
@@ -53,7 +54,7 @@ pub struct DemoSummary {
 
 /// Writes the demo image folder under `root` (created if missing).
 pub fn generate(root: &Path, opts: &DemoOptions) -> io::Result<DemoSummary> {
-    let mut rng = Rng::new(opts.seed);
+    let mut rng = SplitMix64::new(opts.seed);
     let mut summary = DemoSummary::default();
     for (class_index, class) in CLASSES.iter().enumerate() {
         let dir = root.join(class);
@@ -75,7 +76,7 @@ pub fn generate(root: &Path, opts: &DemoOptions) -> io::Result<DemoSummary> {
     Ok(summary)
 }
 
-fn add_broken_files(root: &Path, rng: &mut Rng, summary: &mut DemoSummary) -> io::Result<()> {
+fn add_broken_files(root: &Path, rng: &mut SplitMix64, summary: &mut DemoSummary) -> io::Result<()> {
     let rel = |class: &str, name: &str| format!("{class}/{name}");
     let write = |rel_path: &str, bytes: &[u8]| fs::write(root.join(rel_path), bytes);
 
@@ -117,17 +118,17 @@ fn add_broken_files(root: &Path, rng: &mut Rng, summary: &mut DemoSummary) -> io
     Ok(())
 }
 
-fn vary(rng: &mut Rng, nominal: u32) -> u32 {
+fn vary(rng: &mut SplitMix64, nominal: u32) -> u32 {
     let delta = (nominal / 4).max(1);
-    (nominal - delta + rng.below(2 * delta + 1)).max(8)
+    (nominal - delta + rng.below_u32(2 * delta + 1)).max(8)
 }
 
 /// Draws one image of class `class_index` (an index into [`CLASSES`]).
 ///
 /// Colours, sizes and positions vary; the shape is what tells classes apart.
-pub fn render(class_index: usize, w: u32, h: u32, rng: &mut Rng) -> RgbImage {
-    let background = rng.colour();
-    let mut foreground = rng.colour();
+pub fn render(class_index: usize, w: u32, h: u32, rng: &mut SplitMix64) -> RgbImage {
+    let background = colour(rng);
+    let mut foreground = colour(rng);
     // Keep the shape visible: push the foreground away from the background.
     if colour_distance(background, foreground) < 120 {
         foreground = Rgb(background.0.map(|c| 255 - c));
@@ -171,7 +172,7 @@ pub fn render(class_index: usize, w: u32, h: u32, rng: &mut Rng) -> RgbImage {
     for (x, y, px) in img.enumerate_pixels_mut() {
         let base = if shape(x as f32 + 0.5, y as f32 + 0.5) { foreground } else { background };
         // Mild noise so JPEG and resizing see texture, as in photos.
-        let noise = rng.below(17) as i32 - 8;
+        let noise = rng.below_u32(17) as i32 - 8;
         *px = Rgb(base.0.map(|c| (c as i32 + noise).clamp(0, 255) as u8));
     }
     img
@@ -234,38 +235,9 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// A small seeded generator (SplitMix64): enough for drawing pictures and
-/// stable across platforms and crate versions.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u32) -> u32 {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
-    }
-    /// Uniform in `[lo, hi)`; `lo` when the range is empty.
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        if hi > lo {
-            lo + u * (hi - lo)
-        } else {
-            lo
-        }
-    }
-    fn colour(&mut self) -> Rgb<u8> {
-        Rgb([self.below(256) as u8, self.below(256) as u8, self.below(256) as u8])
-    }
+/// A random colour.
+fn colour(rng: &mut SplitMix64) -> Rgb<u8> {
+    Rgb([rng.below_u32(256) as u8, rng.below_u32(256) as u8, rng.below_u32(256) as u8])
 }
 
 #[cfg(test)]
@@ -279,10 +251,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_and_classes_differ() {
-        let a = render(0, 40, 30, &mut Rng::new(1));
-        let b = render(0, 40, 30, &mut Rng::new(1));
+        let a = render(0, 40, 30, &mut SplitMix64::new(1));
+        let b = render(0, 40, 30, &mut SplitMix64::new(1));
         assert_eq!(a, b);
-        let c = render(1, 40, 30, &mut Rng::new(1));
+        let c = render(1, 40, 30, &mut SplitMix64::new(1));
         assert_ne!(a, c);
     }
 

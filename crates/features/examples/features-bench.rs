@@ -15,10 +15,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use features::{
-    extract, load_split, preprocess, CacheKey, ConvBase, Dtype, ExtractOptions, FeatureCache, SplitFeatures,
-};
-use ingest::{Dataset, Split};
+use contracts::features::{CacheKey, Dtype};
+use dataset::{Dataset, Split};
+use feature_cache::{load_split, FeatureCache, SplitFeatures};
+use features::{extract, ConvBase, ExtractOptions};
+use imaging::preprocess;
 use models::ResolvedModel;
 use ndarray::Array2;
 use serde_json::{json, Value};
@@ -123,7 +124,7 @@ fn cut_equals_full(work: &Path, model: &ResolvedModel, threads: usize) -> Result
 
 /// A demo image, preprocessed for `model`.
 fn images(model: &ResolvedModel, n: usize) -> Vec<f32> {
-    let mut rng = demo::Rng::new(5);
+    let mut rng = train_kit::SplitMix64::new(5);
     let spec = &model.spec;
     let mut out = Vec::with_capacity(n * preprocess::input_len(&spec.input));
     for i in 0..n {
@@ -209,7 +210,7 @@ fn end_to_end(work: &Path, model: &ResolvedModel, threads: usize) -> Result<Valu
 
 /// ReLU-like values: max(0, N(0, 1)), from a seeded generator.
 fn relu_like(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
-    let mut rng = demo::Rng::new(seed);
+    let mut rng = train_kit::SplitMix64::new(seed);
     Array2::from_shape_fn((rows, cols), |_| {
         let (u1, u2) = (rng.range(1e-7, 1.0), rng.range(0.0, 1.0));
         let n = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();

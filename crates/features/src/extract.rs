@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use ingest::{Dataset, Split};
+use contracts::features::{CacheKey, Dtype};
+use dataset::{Dataset, Split};
+use feature_cache::{FeatureCache, Quarantined};
 use models::ResolvedModel;
 use ndarray::ArrayView2;
 use progress::Progress;
@@ -23,10 +25,9 @@ use runtime::ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::{Deserialize, Serialize};
 use spec::{Layout, Pooling};
 
-use crate::cache::{FeatureCache, Quarantined};
-use crate::key::{CacheKey, Dtype};
+use imaging::preprocess::{input_len, preprocess_into};
+
 use crate::pool::pool_into;
-use crate::preprocess::{input_len, preprocess_into};
 use crate::FeaturesError;
 
 /// Images per inference batch unless told otherwise.
@@ -107,7 +108,7 @@ pub fn extract(
     let started = Instant::now();
     let splits = chosen_splits(dataset, options.splits.as_deref())?;
     let pooling = options.pooling.unwrap_or(model.spec.conv_base.pooling);
-    let key = CacheKey::new(dataset, model, pooling, options.dtype);
+    let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, pooling, options.dtype);
     let store = cache.store(&key)?;
     let index = store.scan()?;
 
@@ -370,11 +371,11 @@ impl<'m> ConvBase<'m> {
 
     /// Values per output vector.
     pub fn embedding_len(&self) -> usize {
-        crate::pool::pooled_len(self.model.spec.conv_base.shape, self.pooling)
+        self.pooling.pooled_len(self.model.spec.conv_base.shape)
     }
 
     /// Runs `n` preprocessed images (`n` × [`input_len`] values, see
-    /// [`crate::preprocess`]); returns their pooled vectors, row after row.
+    /// [`imaging::preprocess`]); returns their pooled vectors, row after row.
     pub fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, FeaturesError> {
         let spec = &self.model.spec;
         assert_eq!(input.len(), n * input_len(&spec.input), "input holds {n} images");
@@ -402,7 +403,7 @@ impl<'m> ConvBase<'m> {
             });
         }
         let per_image = expected.iter().product::<usize>();
-        let mut vectors = Vec::with_capacity(n * crate::pool::pooled_len(expected, self.pooling));
+        let mut vectors = Vec::with_capacity(n * self.pooling.pooled_len(expected));
         for map in data.chunks_exact(per_image) {
             pool_into(map, expected, self.pooling, &mut vectors);
         }

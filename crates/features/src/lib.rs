@@ -2,29 +2,27 @@
 //! goes through a model's conv base (ONNX Runtime) into a content-addressed
 //! feature cache, which the head stage then reads.
 //!
-//! - [`preprocess`] (pure): stored RGB8 → resize/crop → channel order →
-//!   `(p·scale − mean)/std` → NCHW or NHWC f32, as the model spec says.
-//! - [`pool`] (pure): the output map → flatten, global average or global max.
-//! - [`FeatureCache`] / [`Store`]: one folder per [`CacheKey`] (model
-//!   fingerprint, preprocessing fingerprint, pooling, dtype) holding
-//!   append-only Parquet segments of `(content_id, embedding)`.
 //! - [`extract`]: computes what the cache lacks, streaming the dataset in
-//!   batches (a producer thread decodes and preprocesses the next batch
-//!   while ONNX Runtime runs the current one).
-//! - [`load_split`] / [`stream_split`]: a split's vectors with labels and
-//!   ids, whole or in batches, in dataset order.
-//! - [`FeaturesInfo`]: `features.json`, the stage's file contract.
+//!   batches (a producer thread preprocesses the next batch, through
+//!   `imaging::preprocess`, while ONNX Runtime runs the current one).
+//! - [`pool`] (pure): the output map → flatten, global average or global max.
+//! - [`features_info`]: the record written as `features.json`
+//!   (`contracts::features::FeaturesInfo`), the stage's file contract.
+//!
+//! The cache itself (folders, segments, readers) is the `feature-cache`
+//! crate, which the head stage reads without depending on this one.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use features::{extract, load_split, ExtractOptions, FeatureCache};
-//! let dataset = ingest::Dataset::open("data/demo".as_ref())?;
+//! use feature_cache::{load_split, FeatureCache};
+//! use features::{extract, ExtractOptions};
+//! let dataset = dataset::Dataset::open("data/demo".as_ref())?;
 //! let spec = spec::ModelSpec::from_toml(&std::fs::read_to_string("data-specs/models/tiny-vgg.toml")?)?;
 //! let model = models::resolve(&spec, &runtime::cache_dir()?)?;
 //! let cache = FeatureCache::open(&FeatureCache::default_root()?)?;
 //! let summary = extract(&dataset, &model, &cache, &ExtractOptions::default(), &progress::Silent)?;
 //! let store = cache.store(&summary.key)?;
-//! let train = load_split(&dataset, &store, ingest::Split::Train)?;
+//! let train = load_split(&dataset, &store, dataset::Split::Train)?;
 //! println!("{} x {} features, {} labels", train.features.nrows(), train.features.ncols(), train.labels.len());
 //! # Ok(()) }
 //! ```
@@ -32,85 +30,89 @@
 //! This crate knows nothing of heads or training: it only turns images into
 //! vectors and keeps them.
 
-mod cache;
-mod contract;
 mod extract;
-mod key;
-mod load;
 pub mod pool;
-pub mod preprocess;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{
-    segment_schema, FeatureCache, Index, Quarantined, Store, COL_CONTENT_ID, COL_EMBEDDING, KEY_FILE, META_KEY,
-    META_SCHEMA_VERSION, QUARANTINE_DIR, SEGMENT_SCHEMA_VERSION,
-};
-pub use contract::{CacheInfo, DatasetRef, FeaturesInfo, ModelInfo, CONTRACT_VERSION, FEATURES_FILE};
-pub use extract::{extract, ConvBase, ExtractOptions, ExtractSummary, DEFAULT_BATCH_SIZE};
-pub use key::{parse_pooling, pooling_name, CacheKey, Dtype};
-pub use load::{load_split, stream_split, SplitFeatures, SplitStream};
+use contracts::features::{CacheInfo, DatasetRef, FeaturesInfo, ModelInfo};
+use dataset::Dataset;
+use models::ResolvedModel;
 
-/// Everything that can stop extraction or loading. Each message names the
-/// file concerned and, where there is one, what to do.
+pub use extract::{extract, ConvBase, ExtractOptions, ExtractSummary, DEFAULT_BATCH_SIZE};
+
+/// Everything that can stop extraction. Each message names the file
+/// concerned and, where there is one, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum FeaturesError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
 
-    #[error("{model}: ONNX Runtime: {message}")]
+    #[error("{}: ONNX Runtime: {message}", model.display())]
     Ort { model: PathBuf, message: String },
 
-    #[error("{model} (model '{name}'): {message}; fix [input] in the model spec or use the model it was written for")]
+    #[error("{} (model '{name}'): {message}; fix [input] in the model spec or use the model it was written for", model.display())]
     Input { model: PathBuf, name: String, message: String },
 
     #[error(
-        "{model} (model '{name}'): no output named '{output}' (outputs: {available:?}); \
-         set conv_base.output in the model spec to the tensor where the conv base ends"
+        "{} (model '{name}'): no output named '{output}' (outputs: {available:?}); \
+         set conv_base.output in the model spec to the tensor where the conv base ends",
+        model.display()
     )]
     UnknownOutput { model: PathBuf, name: String, output: String, available: Vec<String> },
 
-    #[error("{model} (model '{name}'): {message}; fix conv_base.shape in the model spec")]
+    #[error("{} (model '{name}'): {message}; fix conv_base.shape in the model spec", model.display())]
     OutputShape { model: PathBuf, name: String, message: String },
 
     #[error(
-        "dataset {dataset}: no rows in the {split} split (rows per split: {rows}); \
-         choose other splits (--splits) or re-ingest with a non-zero {split} ratio"
+        "dataset {}: no rows in the {split} split (rows per split: {rows}); \
+         choose other splits (--splits) or re-ingest with a non-zero {split} ratio",
+        dataset.display()
     )]
-    EmptySplit { dataset: PathBuf, split: ingest::Split, rows: String },
+    EmptySplit { dataset: PathBuf, split: dataset::Split, rows: String },
 
-    #[error("dataset {dataset}: row {content_id}: {message}; re-ingest the dataset")]
+    #[error("dataset {}: row {content_id}: {message}; re-ingest the dataset", dataset.display())]
     BadRecord { dataset: PathBuf, content_id: String, message: String },
 
+    #[error(transparent)]
+    Cache(#[from] feature_cache::CacheError),
+
     #[error("dataset: {0}")]
-    Dataset(#[from] ingest::ReadError),
-
-    #[error(
-        "feature cache {store}: {missing} of {wanted} vectors are not cached{}; run `features` for this dataset and model first",
-        quarantined_note(quarantined)
-    )]
-    Missing { store: PathBuf, missing: usize, wanted: usize, quarantined: Vec<String> },
-
-    #[error("{path}: {reason}")]
-    Cache { path: PathBuf, reason: String },
-
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-
-    #[error("{path}: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    Dataset(#[from] dataset::DatasetError),
 }
 
-fn quarantined_note(quarantined: &[String]) -> String {
-    if quarantined.is_empty() {
-        String::new()
-    } else {
-        format!(" (files moved aside: {})", quarantined.join("; "))
-    }
-}
-
-impl FeaturesError {
-    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FeaturesError + '_ {
-        move |source| FeaturesError::Io { path: path.to_path_buf(), source }
+/// The record of an extraction, written as `features.json`.
+pub fn features_info(
+    dataset: &Dataset,
+    model: &ResolvedModel,
+    cache_root: &Path,
+    summary: &ExtractSummary,
+) -> FeaturesInfo {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    FeaturesInfo {
+        model: ModelInfo {
+            name: model.spec.name.clone(),
+            fingerprint: model.fingerprint.clone(),
+            pretrained: model.pretrained,
+            weights_note: model.weights_note(),
+            conv_base: absolute(&model.conv_base),
+            spec: model.spec.clone(),
+        },
+        preprocess_fingerprint: summary.key.preprocess_fingerprint.clone(),
+        pooling: summary.key.pooling,
+        dtype: summary.key.dtype,
+        embedding_len: summary.key.embedding_len,
+        dataset: DatasetRef {
+            dir: absolute(dataset.dir()),
+            fingerprint: dataset.info().fingerprint.clone(),
+            classes: dataset.classes().to_vec(),
+        },
+        cache: CacheInfo { root: absolute(cache_root), store: absolute(&summary.store), key: summary.key.clone() },
+        splits: summary.rows.clone(),
+        hits: summary.hits,
+        computed: summary.computed,
+        seconds: summary.seconds,
+        images_per_second: summary.images_per_second(),
+        threads: summary.threads,
     }
 }

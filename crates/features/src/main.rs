@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use features::{extract, parse_pooling, Dtype, ExtractOptions, FeatureCache, FeaturesInfo};
-use ingest::{Dataset, Split};
+use contracts::features::{Dtype, FEATURES_FILE};
+use dataset::{Dataset, Split};
+use feature_cache::FeatureCache;
+use features::{extract, ExtractOptions};
 use spec::{ModelSpec, Pooling};
 
 /// Computes a dataset's conv-base vectors (those not cached yet) and
@@ -28,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = features::DEFAULT_BATCH_SIZE)]
     batch: usize,
     /// flatten, avg or max [default: the spec's conv_base.pooling].
-    #[arg(long, value_parser = parse_pooling)]
+    #[arg(long)]
     pooling: Option<Pooling>,
     /// Storage type of the vectors: f32 or f16.
     #[arg(long, default_value = "f32")]
@@ -93,8 +95,9 @@ fn run(args: Args) -> Result<()> {
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
-    let info = FeaturesInfo::new(&dataset, &model, cache.root(), &summary);
-    let written = info.write(&args.out)?;
+    let info = features::features_info(&dataset, &model, cache.root(), &summary);
+    let written = args.out.join(FEATURES_FILE);
+    contracts::write(&written, &info)?;
 
     let rows: Vec<String> = summary.rows.iter().map(|(split, n)| format!("{split} {n}")).collect();
     let speed = if summary.computed > 0 {
@@ -111,7 +114,7 @@ fn run(args: Args) -> Result<()> {
         summary.seconds,
         summary.key.embedding_len,
         summary.key.dtype,
-        features::pooling_name(summary.key.pooling),
+        summary.key.pooling.name(),
     );
     println!("cache: {}", summary.store.display());
     println!("wrote {}", written.display());

@@ -2,14 +2,6 @@
 
 use spec::Pooling;
 
-/// Length of one vector after `pooling` of a `[C, H, W]` map.
-pub fn pooled_len([c, h, w]: [usize; 3], pooling: Pooling) -> usize {
-    match pooling {
-        Pooling::Flatten => c * h * w,
-        Pooling::Avg | Pooling::Max => c,
-    }
-}
-
 /// Appends the pooled vector of one image's `[C, H, W]` map (row-major) to
 /// `out`:
 /// - flatten: the map as it is, index `c·H·W + y·W + x`;
@@ -45,7 +37,7 @@ mod tests {
         assert_eq!(pooled(Pooling::Flatten), map);
         assert_eq!(pooled(Pooling::Avg), [3.0, -2.5]);
         assert_eq!(pooled(Pooling::Max), [6.0, -1.0]);
-        assert_eq!(pooled_len([512, 7, 7], Pooling::Flatten), 25_088);
-        assert_eq!(pooled_len([512, 7, 7], Pooling::Avg), 512);
+        assert_eq!(Pooling::Flatten.pooled_len([512, 7, 7]), 25_088);
+        assert_eq!(Pooling::Avg.pooled_len([512, 7, 7]), 512);
     }
 }

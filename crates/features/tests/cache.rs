@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use arrow_schema::DataType;
 use common::*;
-use features::{
-    extract, load_split, stream_split, CacheKey, Dtype, ExtractOptions, FeatureCache, FeaturesError, SplitFeatures,
-};
+use contracts::features::{CacheKey, Dtype};
+use dataset::{Dataset, Split};
+use feature_cache::{load_split, stream_split, CacheError, FeatureCache, SplitFeatures};
+use features::{extract, ExtractOptions};
 use image::{DynamicImage, ImageFormat};
-use ingest::{Dataset, Split};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spec::Pooling;
 
@@ -21,7 +21,7 @@ fn run(dataset: &Dataset, model: &models::ResolvedModel, cache: &FeatureCache) -
     extract(dataset, model, cache, &options, &progress::Silent).unwrap()
 }
 
-fn load_all(dataset: &Dataset, store: &features::Store) -> Vec<(Split, SplitFeatures)> {
+fn load_all(dataset: &Dataset, store: &feature_cache::Store) -> Vec<(Split, SplitFeatures)> {
     splits_with_rows(dataset).into_iter().map(|s| (s, load_split(dataset, store, s).unwrap())).collect()
 }
 
@@ -51,7 +51,7 @@ fn a_second_run_computes_nothing_and_new_images_only_are_computed() {
     assert_eq!(first.key, second.key);
 
     // Five new images (new content) in the folder, re-ingested.
-    let mut rng = demo::Rng::new(999);
+    let mut rng = train_kit::SplitMix64::new(999);
     for i in 0..5 {
         let class = i % demo::CLASSES.len();
         let img = demo::render(class, 30 + i as u32, 26, &mut rng);
@@ -160,7 +160,9 @@ fn truncated_and_foreign_files_are_moved_aside_and_recomputed() {
     assert!(reason_of(&misplaced).contains("another cache key"), "{reasons:?}");
     for q in &again.quarantined {
         let moved = q.moved_to.as_ref().expect("moved aside");
-        assert!(moved.starts_with(store.dir().join(features::QUARANTINE_DIR)) && moved.exists() && !q.file.exists());
+        assert!(
+            moved.starts_with(store.dir().join(feature_cache::QUARANTINE_DIR)) && moved.exists() && !q.file.exists()
+        );
         assert!(q.to_string().contains(&q.file.display().to_string()), "the message names the file");
     }
     // Everything reads back, equal to the first run's vectors.
@@ -190,12 +192,12 @@ fn a_segment_damaged_inside_fails_loading_clearly_and_is_recomputed() {
 
     let split = splits_with_rows(&dataset)[0];
     match load_split(&dataset, &store, split) {
-        Err(FeaturesError::Cache { path, reason }) => {
+        Err(CacheError::Cache { path, reason }) => {
             assert_eq!(path, files[0]);
             assert!(reason.contains("run `features` again"), "{reason}");
         }
         // Damage that happens to hit only the ids is caught by the scan.
-        Err(FeaturesError::Missing { quarantined, .. }) => assert_eq!(quarantined.len(), 1),
+        Err(CacheError::Missing { quarantined, .. }) => assert_eq!(quarantined.len(), 1),
         other => panic!("damage went unnoticed: {other:?}"),
     }
     let again = run(&dataset, &model, &cache);
@@ -235,7 +237,7 @@ fn missing_vectors_are_reported_not_invented() {
     let dataset = demo_dataset(dir.path(), 3, 26);
     let model = resolve(&tiny_spec(), &dir.path().join("models"));
     let cache = FeatureCache::open(&dir.path().join("cache")).unwrap();
-    let key = CacheKey::new(&dataset, &model, Pooling::Flatten, Dtype::F32);
+    let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, Pooling::Flatten, Dtype::F32);
     let store = cache.store(&key).unwrap();
     let err = load_split(&dataset, &store, Split::Train).unwrap_err().to_string();
     assert!(err.contains("are not cached") && err.contains("run `features`"), "{err}");
@@ -254,7 +256,7 @@ fn segments_are_plain_parquet_with_fixed_size_lists_and_their_key() {
         let summary = extract(&dataset, &model, &cache, &options, &progress::Silent).unwrap();
         let store = cache.store(&summary.key).unwrap();
         let key_json: CacheKey =
-            serde_json::from_str(&std::fs::read_to_string(store.dir().join(features::KEY_FILE)).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(store.dir().join(feature_cache::KEY_FILE)).unwrap()).unwrap();
         assert_eq!(key_json, summary.key);
         for segment in segments(store.dir()) {
             let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&segment).unwrap()).unwrap();
@@ -266,7 +268,7 @@ fn segments_are_plain_parquet_with_fixed_size_lists_and_their_key() {
                 other => panic!("embedding is {other}"),
             }
             let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
-            let key = kv.iter().find(|e| e.key == features::META_KEY).unwrap().value.clone().unwrap();
+            let key = kv.iter().find(|e| e.key == feature_cache::META_KEY).unwrap().value.clone().unwrap();
             assert_eq!(serde_json::from_str::<CacheKey>(&key).unwrap(), summary.key);
             let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
             assert!(rows > 0);

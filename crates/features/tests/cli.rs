@@ -8,8 +8,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use features::{extract, load_split, CacheKey, Dtype, ExtractOptions, FeatureCache, FeaturesInfo};
-use ingest::Split;
+use contracts::features::Dtype;
+use dataset::Split;
+use feature_cache::{load_split, FeatureCache};
+use features::{extract, ExtractOptions};
 use spec::Pooling;
 
 const TINY_SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data-specs/models/tiny-vgg.toml");
@@ -61,7 +63,7 @@ fn writes_features_json_that_leads_to_the_vectors() {
     assert!(stdout.contains("RANDOM weights"), "prints the weights note: {stdout}");
     assert!(stdout.contains(&format!("0 hits, {rows} computed")) && stdout.contains("images/s"), "{stdout}");
 
-    let info = FeaturesInfo::read(&dir.path().join("out")).unwrap();
+    let info = feature_cache::read_features(&dir.path().join("out")).unwrap();
     assert_eq!(info.model.name, "tiny-vgg");
     assert!(!info.model.pretrained);
     assert_eq!((info.pooling, info.dtype, info.embedding_len), (Pooling::Max, Dtype::F16, 16));
@@ -72,7 +74,7 @@ fn writes_features_json_that_leads_to_the_vectors() {
     assert_eq!(info.cache.root, dir.path().join("cache"));
     let model = resolve(&tiny_spec(), &dir.path().join("models"));
     assert_eq!(info.model.fingerprint, model.fingerprint);
-    assert_eq!(info.preprocess_fingerprint, CacheKey::preprocess_fingerprint(&dataset, &model));
+    assert_eq!(info.preprocess_fingerprint, feature_cache::preprocess_fingerprint(dataset.info(), &model.spec));
     // The raw JSON has the documented field names.
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/features.json")).unwrap()).unwrap();
@@ -96,7 +98,7 @@ fn writes_features_json_that_leads_to_the_vectors() {
     assert_eq!(json["model"]["pretrained"], false);
 
     // The head stage's path: features.json -> dataset + store -> vectors.
-    let (dataset, store) = info.open().unwrap();
+    let (dataset, store) = feature_cache::open_features(&info).unwrap();
     for (&split, &n) in &info.splits {
         let loaded = load_split(&dataset, &store, split).unwrap();
         assert_eq!(loaded.features.dim(), (n, 16));
@@ -114,7 +116,7 @@ fn a_killed_run_is_finished_by_the_next_one() {
     let rows = dataset.info().total_rows();
     assert!(rows >= 390);
     let model = resolve(&tiny_spec(), &dir.path().join("models"));
-    let key = CacheKey::new(&dataset, &model, Pooling::Flatten, Dtype::F32);
+    let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, Pooling::Flatten, Dtype::F32);
     let store_dir = dir.path().join("cache").join(key.folder_name());
     let committed = |dir: &Path| -> usize {
         std::fs::read_dir(dir)
@@ -143,7 +145,7 @@ fn a_killed_run_is_finished_by_the_next_one() {
     assert!(segments_before > 0, "no segment was committed before the kill (status {status:?})");
 
     let out = run_ok(features(dir.path()).args(args(dir.path(), &["--batch", "16"])));
-    let info = FeaturesInfo::read(&dir.path().join("out")).unwrap();
+    let info = feature_cache::read_features(&dir.path().join("out")).unwrap();
     println!(
         "killed: {status:?}, {segments_before} segments committed; rerun: {} hits, {} computed",
         info.hits, info.computed
@@ -156,7 +158,7 @@ fn a_killed_run_is_finished_by_the_next_one() {
         assert!(info.hits > 0);
     }
     // Everything reads back, and equals a clean extraction.
-    let (dataset, store) = info.open().unwrap();
+    let (dataset, store) = feature_cache::open_features(&info).unwrap();
     let clean = FeatureCache::open(&dir.path().join("clean")).unwrap();
     let summary = extract(&dataset, &model, &clean, &ExtractOptions::default(), &progress::Silent).unwrap();
     let clean_store = clean.store(&summary.key).unwrap();
@@ -191,7 +193,7 @@ fn an_empty_split_is_an_error_naming_the_dataset() {
     assert!(err.contains("no rows in the test split") && err.contains("--splits"), "{err}");
     // Without --splits, the splits with rows are extracted.
     run_ok(features(dir.path()).args(args(dir.path(), &[])));
-    let info = FeaturesInfo::read(&dir.path().join("out")).unwrap();
+    let info = feature_cache::read_features(&dir.path().join("out")).unwrap();
     assert_eq!(info.splits.keys().copied().collect::<Vec<_>>(), [Split::Train]);
 }
 

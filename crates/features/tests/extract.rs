@@ -6,8 +6,10 @@
 mod common;
 
 use common::*;
-use features::{extract, load_split, Dtype, ExtractOptions, FeatureCache, FeaturesError};
-use ingest::{Dataset, Split};
+use contracts::features::Dtype;
+use dataset::{Dataset, Split};
+use feature_cache::{load_split, FeatureCache};
+use features::{extract, ExtractOptions, FeaturesError};
 use onnx_graph::reference::{self, Tensor};
 use spec::{Layout, Pooling};
 
@@ -24,8 +26,7 @@ fn reference_maps(dataset: &Dataset, model: &models::ResolvedModel, split: Split
     for batch in dataset.batches(split, 64, true) {
         for record in batch.unwrap() {
             let size = (record.stored_width, record.stored_height);
-            input
-                .extend(features::preprocess::preprocess(&record.pixels, size, &spec.preprocess, &spec.input).unwrap());
+            input.extend(imaging::preprocess::preprocess(&record.pixels, size, &spec.preprocess, &spec.input).unwrap());
             ids.push(record.content_id);
         }
     }

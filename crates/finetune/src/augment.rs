@@ -8,57 +8,9 @@
 //! none fits, the largest centred window within `ratio` is used.
 
 use image::RgbImage;
-use onnx_graph::rng::SeededRng;
-use serde::{Deserialize, Serialize};
+use train_kit::SplitMix64;
 
-/// What to do to each training image.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Augment {
-    /// Mirror left-right with probability 1/2.
-    pub flip: bool,
-    /// Random resized crop; `None`: the evaluation resize and centre crop.
-    pub crop: Option<CropRange>,
-}
-
-/// The window a random resized crop draws from.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CropRange {
-    /// Fraction of the image's area, `(low, high]`.
-    pub scale: (f64, f64),
-    /// Width / height, drawn log-uniformly.
-    pub ratio: (f64, f64),
-}
-
-impl Default for CropRange {
-    /// A milder area range than torchvision's `(0.08, 1)`: fine-tuning
-    /// nudges pretrained features and the datasets are small, so crops keep
-    /// at least half the image.
-    fn default() -> Self {
-        CropRange { scale: (0.5, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
-    }
-}
-
-impl Default for Augment {
-    fn default() -> Self {
-        Augment { flip: true, crop: Some(CropRange::default()) }
-    }
-}
-
-impl Augment {
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(CropRange { scale: (s0, s1), ratio: (r0, r1) }) = self.crop {
-            if !(0.0 < s0 && s0 <= s1 && s1 <= 1.0) {
-                return Err(format!("crop scale ({s0}, {s1}) must satisfy 0 < low <= high <= 1"));
-            }
-            if !(0.0 < r0 && r0 <= r1 && r1.is_finite()) {
-                return Err(format!("crop ratio ({r0}, {r1}) must satisfy 0 < low <= high"));
-            }
-        }
-        Ok(())
-    }
-}
+pub use contracts::finetune::{Augment, CropRange};
 
 /// A crop window: left, top, width, height.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +23,9 @@ pub struct Window {
 
 /// The generator for one example in one epoch: a function of the run's
 /// seed, the epoch and the example's content id (hex SHA-256), nothing else.
-pub fn example_rng(seed: u64, epoch: usize, content_id: &str) -> SeededRng {
+pub fn example_rng(seed: u64, epoch: usize, content_id: &str) -> SplitMix64 {
     let id = content_id.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or_else(|| fnv1a(content_id));
-    SeededRng::new(seed ^ id.rotate_left(17) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    SplitMix64::new(seed ^ id.rotate_left(17) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn fnv1a(text: &str) -> u64 {
@@ -81,7 +33,7 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 /// torchvision's `RandomResizedCrop.get_params` on an image of `size`.
-pub fn crop_window(rng: &mut SeededRng, (width, height): (u32, u32), range: &CropRange) -> Window {
+pub fn crop_window(rng: &mut SplitMix64, (width, height): (u32, u32), range: &CropRange) -> Window {
     let area = f64::from(width) * f64::from(height);
     let (log_r0, log_r1) = (range.ratio.0.ln(), range.ratio.1.ln());
     for _ in 0..10 {
@@ -108,7 +60,7 @@ pub fn crop_window(rng: &mut SeededRng, (width, height): (u32, u32), range: &Cro
     Window { x: (width - w) / 2, y: (height - h) / 2, width: w, height: h }
 }
 
-fn uniform(rng: &mut SeededRng, low: f64, high: f64) -> f64 {
+fn uniform(rng: &mut SplitMix64, low: f64, high: f64) -> f64 {
     low + (high - low) * rng.next_f64()
 }
 
@@ -124,7 +76,7 @@ pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
 
 /// Draws this example's augmentation: the crop window (if cropping) and
 /// whether to flip. Draw order is fixed: window first, then the flip.
-pub fn draw(rng: &mut SeededRng, size: (u32, u32), augment: &Augment) -> (Option<Window>, bool) {
+pub fn draw(rng: &mut SplitMix64, size: (u32, u32), augment: &Augment) -> (Option<Window>, bool) {
     let window = augment.crop.as_ref().map(|range| crop_window(rng, size, range));
     let flip = augment.flip && rng.next_u64() & 1 == 1;
     (window, flip)
@@ -137,7 +89,7 @@ mod tests {
     #[test]
     fn windows_fit_and_respect_the_ranges() {
         let range = CropRange::default();
-        let mut rng = SeededRng::new(5);
+        let mut rng = SplitMix64::new(5);
         for _ in 0..500 {
             let w = crop_window(&mut rng, (64, 48), &range);
             assert!(w.x + w.width <= 64 && w.y + w.height <= 48, "{w:?}");
@@ -153,7 +105,7 @@ mod tests {
     fn an_impossible_range_falls_back_to_a_centred_window() {
         // A very wide image cannot hold a square of 90%+ of its area.
         let range = CropRange { scale: (0.9, 1.0), ratio: (1.0, 1.0) };
-        let w = crop_window(&mut SeededRng::new(1), (100, 10), &range);
+        let w = crop_window(&mut SplitMix64::new(1), (100, 10), &range);
         assert_eq!(w, Window { x: 45, y: 0, width: 10, height: 10 });
     }
 

@@ -259,7 +259,7 @@ fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<us
             let mut layers = Vec::new();
             for (index, &outputs) in hidden.iter().chain(std::iter::once(classes)).enumerate() {
                 let name = format!("{HEAD_PREFIX}dense{index}.weight");
-                let weight = onnx_graph::rng::SeededRng::for_tensor(*seed, &name).he_uniform(inputs, inputs * outputs);
+                let weight = train_kit::SplitMix64::for_tensor(*seed, &name).he_uniform(inputs, inputs * outputs);
                 layers.push(DenseLayer::new(weight, [inputs, outputs], vec![0.0; outputs]));
                 inputs = outputs;
             }
@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn head(seed: u64) -> Vec<DenseLayer> {
-        let mut rng = onnx_graph::rng::SeededRng::new(seed);
+        let mut rng = train_kit::SplitMix64::new(seed);
         vec![
             DenseLayer::new(rng.uniform_vec(-0.3, 0.3, 16 * 8), [16, 8], rng.uniform_vec(-0.1, 0.1, 8)),
             DenseLayer::new(rng.uniform_vec(-0.3, 0.3, 8 * 5), [8, 5], rng.uniform_vec(-0.1, 0.1, 5)),
@@ -453,7 +453,7 @@ mod tests {
             ["head.dense0.weight", "head.dense0.bias", "head.dense1.weight", "head.dense1.bias"]
         );
 
-        let mut rng = onnx_graph::rng::SeededRng::new(9);
+        let mut rng = train_kit::SplitMix64::new(9);
         let images = Tensor::new(vec![2, 3, 32, 32], rng.uniform_vec(-1.0, 1.0, 2 * 3 * 32 * 32));
         let feeds = [(vgg::INPUT_NAME, images.clone())];
         let logits = reference::evaluate(&composed.training, &feeds, &[LOGITS]).unwrap().remove(0);

@@ -4,13 +4,13 @@
 //! plus seeded augmentation for training.
 //!
 //! Without augmentation an image becomes exactly the input the features
-//! stage fed the conv base (`features::preprocess::preprocess_into`), so the
+//! stage fed the conv base (`imaging::preprocess::preprocess_into`), so the
 //! head's training data and fine-tuning's agree. With augmentation, a random
 //! resized crop of the stored image is resized to the input size instead of
 //! the resize-and-centre-crop, then maybe mirrored, then normalised.
 
+use dataset::{Dataset, Split};
 use image::RgbImage;
-use ingest::{Dataset, Split};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use spec::{InputSpec, Layout, ModelSpec, Preprocess};
@@ -104,7 +104,7 @@ impl ImageSource {
 
     fn prepare(&self, image: &StoredImage, epoch: usize, out: &mut [f32]) -> Result<()> {
         let Some((augment, seed)) = &self.augment else {
-            return features::preprocess::preprocess_into(
+            return imaging::preprocess::preprocess_into(
                 &image.pixels,
                 (image.width, image.height),
                 &self.preprocess,
@@ -120,17 +120,17 @@ impl ImageSource {
         let [iw, ih] = self.input.size;
         let mut sized = match window {
             Some(window) => {
-                ingest::resize(augment::crop(&stored, window), (iw, ih), features::preprocess::RESIZE_FILTER)
+                imaging::resize(augment::crop(&stored, window), (iw, ih), imaging::preprocess::RESIZE_FILTER)
             }
-            None => features::preprocess::resize_and_crop(stored, &self.preprocess),
+            None => imaging::preprocess::resize_and_crop(stored, &self.preprocess),
         };
         if sized.dimensions() != (iw, ih) {
-            sized = ingest::resize(sized, (iw, ih), features::preprocess::RESIZE_FILTER);
+            sized = imaging::resize(sized, (iw, ih), imaging::preprocess::RESIZE_FILTER);
         }
         if flip {
             sized = augment::flip_horizontal(&sized);
         }
-        features::preprocess::normalise_into(&sized, &self.preprocess, self.input.layout, out);
+        imaging::preprocess::normalise_into(&sized, &self.preprocess, self.input.layout, out);
         Ok(())
     }
 }
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(batch.labels, [1, 1]);
         let model = spec();
         let expected =
-            features::preprocess::preprocess(&images[0].pixels, (40, 36), &model.preprocess, &model.input).unwrap();
+            imaging::preprocess::preprocess(&images[0].pixels, (40, 36), &model.preprocess, &model.input).unwrap();
         assert_eq!(batch.inputs.index_axis(ndarray::Axis(0), 1).iter().copied().collect::<Vec<_>>(), expected);
     }
 

@@ -32,7 +32,6 @@ pub mod images;
 pub mod infer;
 pub mod ort_training;
 pub mod prefix;
-pub mod schedule;
 pub mod select;
 pub mod train;
 
@@ -51,6 +50,6 @@ pub use prefix::{
     cached_activations, latest_frozen_split, precompute, prefix_cache_key, prefix_item_shape, split_at,
     suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph,
 };
-pub use schedule::Schedule;
 pub use select::{select_parameters, ParameterSplit, Unfreeze};
 pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};
+pub use train_kit::Schedule;

@@ -135,7 +135,7 @@ fn smoke(args: Smoke) -> anyhow::Result<()> {
         spec::Layout::Nchw => [args.examples, 3, height, width],
         spec::Layout::Nhwc => [args.examples, height, width, 3],
     };
-    let mut rng = onnx_graph::rng::SeededRng::new(2);
+    let mut rng = train_kit::SplitMix64::new(2);
     let count = dims.iter().product();
     let images = ArrayD::from_shape_vec(IxDyn(&dims), rng.uniform_vec(-2.0, 2.0, count))?;
     let labels = (0..args.examples).map(|i| (i % args.classes) as i64).collect();
@@ -145,7 +145,7 @@ fn smoke(args: Smoke) -> anyhow::Result<()> {
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.learning_rate,
-        schedule: Schedule::Cosine { warmup_steps: 1, min_lr: args.learning_rate / 10.0 },
+        schedule: Schedule::CosineSteps { warmup_steps: 1, min_lr: args.learning_rate / 10.0 },
         patience: None,
         ..TrainConfig::default()
     };

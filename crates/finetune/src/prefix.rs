@@ -11,7 +11,8 @@ use ndarray::{ArrayD, IxDyn};
 use onnx_graph::proto::{GraphProto, ModelProto};
 use onnx_graph::shape;
 
-use features::{CacheKey, Dtype, Store};
+use contracts::features::{CacheKey, Dtype};
+use feature_cache::Store;
 use progress::Progress;
 
 use crate::data::{Batch, BatchSource, InMemory};
@@ -19,6 +20,8 @@ use crate::error::{FinetuneError, Result};
 use crate::images::ImageSource;
 use crate::infer::Inference;
 use crate::select::ParameterSplit;
+
+pub use contracts::finetune::PrefixCacheStats;
 
 /// Metadata key on the suffix graph naming the tensor it starts at.
 pub const META_SUFFIX_OF: &str = "finetune.suffix_input";
@@ -197,14 +200,6 @@ pub fn prefix_cache_key(model_name: &str, prefix: &ModelProto, preprocess_finger
     })
 }
 
-/// What [`cached_activations`] found and did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PrefixCacheStats {
-    pub hits: usize,
-    pub computed: usize,
-    pub seconds: f64,
-}
-
 /// The prefix's activations for every image of `source` (unaugmented),
 /// from `store` where present; the missing ones are computed in batches,
 /// committed to the store segment by segment (so an interruption loses at
@@ -224,7 +219,7 @@ pub fn cached_activations(
             store.key().embedding_len
         )));
     }
-    let cache_err = |e: features::FeaturesError| FinetuneError::Data(format!("prefix cache: {e}"));
+    let cache_err = |e: feature_cache::CacheError| FinetuneError::Data(format!("prefix cache: {e}"));
     let mut plain = source.without_augmentation();
     let index = store.scan().map_err(cache_err)?;
     let images = source.images();
@@ -322,7 +317,7 @@ mod tests {
             "{params:?}"
         );
 
-        let mut rng = onnx_graph::rng::SeededRng::new(3);
+        let mut rng = train_kit::SplitMix64::new(3);
         let images = Tensor::new(vec![2, 3, 32, 32], rng.uniform_vec(-1.0, 1.0, 2 * 3 * 32 * 32));
         let whole = reference::evaluate(&model, &[(vgg::INPUT_NAME, images.clone())], &[vgg::OUTPUT_NAME]).unwrap();
         let middle = reference::evaluate(&split.prefix, &[(vgg::INPUT_NAME, images)], &[vgg::BLOCK4_OUTPUT]).unwrap();

@@ -25,79 +25,12 @@ use crate::artifacts::Artifacts;
 use crate::data::{epoch_order, BatchSource};
 use crate::error::{FinetuneError, Result};
 use crate::ort_training::{OrtTraining, SessionConfig, TrainingSession};
-use crate::schedule::Schedule;
+pub use contracts::finetune::{StopReason, TrainConfig};
 
 pub const STATE_FILE: &str = "state.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 const STATE_FORMAT: u32 = 1;
-
-/// Training settings. Part of the run's fingerprint: a run folder only
-/// resumes with the same settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// The base learning rate (1e-5 is the usual start for fine-tuning).
-    pub learning_rate: f64,
-    #[serde(default)]
-    pub schedule: Schedule,
-    /// Seeds the order of the examples in each epoch.
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default = "yes")]
-    pub shuffle: bool,
-    /// Stop after this many epochs without improvement of the monitored
-    /// loss (validation loss, or training loss without a validation set).
-    #[serde(default)]
-    pub patience: Option<usize>,
-    /// The least decrease that counts as an improvement.
-    #[serde(default)]
-    pub min_delta: f64,
-    /// What the batches are, for the caller to say (augmentation, how the
-    /// frozen prefix runs): part of the run's identity, so a run folder only
-    /// resumes over the same kind of data.
-    #[serde(default)]
-    pub source: String,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 32,
-            learning_rate: 1e-5,
-            schedule: Schedule::Constant,
-            seed: 0,
-            shuffle: true,
-            patience: Some(3),
-            min_delta: 0.0,
-            source: String::new(),
-        }
-    }
-}
-
-impl TrainConfig {
-    fn validate(&self) -> Result<()> {
-        let problem = if self.epochs == 0 {
-            Some("epochs must be at least 1".to_owned())
-        } else if self.batch_size == 0 {
-            Some("batch_size must be at least 1".to_owned())
-        } else if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            Some(format!("learning_rate must be positive, not {}", self.learning_rate))
-        } else if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
-            Some(format!("min_delta must be non-negative, not {}", self.min_delta))
-        } else {
-            None
-        };
-        problem.map_or(Ok(()), |p| Err(FinetuneError::Config(p)))
-    }
-}
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,18 +59,6 @@ pub struct EpochRecord {
     /// on 2 cores, where both already keep the cores busy.
     #[serde(default)]
     pub input_seconds: f64,
-}
-
-/// Why a call to [`train`] returned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// All epochs ran.
-    Completed,
-    /// `patience` epochs passed without improvement.
-    EarlyStopped,
-    /// The epoch callback asked to stop; the run folder resumes from here.
-    Interrupted,
 }
 
 /// The best epoch so far.
@@ -206,7 +127,7 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochRecord) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
     let config = run.config;
-    config.validate()?;
+    config.validate().map_err(FinetuneError::Config)?;
     if train.is_empty() {
         return Err(FinetuneError::Data("the training set is empty".into()));
     }
@@ -282,7 +203,12 @@ pub fn train(
         let mut input_seconds = 0.0;
         run.progress.start(&format!("epoch {epoch}/{}", config.epochs), steps_per_epoch as u64);
         for (step, indices) in order.chunks(config.batch_size).enumerate() {
-            learning_rate = config.schedule.learning_rate(config.learning_rate, state.global_step, total_steps);
+            learning_rate = config.schedule.lr(
+                config.learning_rate,
+                state.global_step as u64,
+                steps_per_epoch as u64,
+                total_steps as u64,
+            );
             session.set_learning_rate(learning_rate)?;
             let fetch = Instant::now();
             let batch = train.batch(indices, epoch)?;
@@ -531,6 +457,6 @@ mod tests {
             serde_json::from_str(r#"{"epochs":2,"batch_size":4,"learning_rate":0.001,"schedule":{"kind":"cosine","warmup_steps":2,"min_lr":0.0}}"#)
                 .unwrap();
         assert!(parsed.shuffle);
-        assert_eq!(parsed.schedule, Schedule::Cosine { warmup_steps: 2, min_lr: 0.0 });
+        assert_eq!(parsed.schedule, train_kit::Schedule::CosineSteps { warmup_steps: 2, min_lr: 0.0 });
     }
 }

@@ -16,17 +16,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use contracts::finetune::{FinetuneSummary, Optimizer, PrefixMode, SUMMARY_FILE};
+use dataset::{Dataset, Split};
 use finetune::artifacts::{ensure_artifacts, ArtifactRequest};
 use finetune::{
     compose, select_parameters, Augment, BatchSource, ComposeOptions, DenseLayer, HeadInit, ImageSource, Inference,
     Loss, OptimizerKind, OrtTraining, PrefixCacheStats, PrefixSource, RunOptions, Schedule, SessionConfig, TrainConfig,
     Unfreeze,
 };
-use ingest::{Dataset, Split};
-use serde::Serialize;
-
-/// `finetune.json`.
-pub const SUMMARY_FILE: &str = "finetune.json";
 
 #[derive(clap::Parser)]
 pub struct TrainArgs {
@@ -54,7 +51,7 @@ pub struct TrainArgs {
     /// Steps of linear warm-up, then a cosine decay to a tenth of the rate; 0 keeps the rate constant.
     #[arg(long, default_value_t = 0)]
     warmup_steps: usize,
-    #[arg(long, value_enum, default_value = "adamw")]
+    #[arg(long, default_value = "adamw")]
     optimizer: Optimizer,
     /// Epochs without validation improvement before stopping (0: never stop early).
     #[arg(long, default_value_t = 3)]
@@ -67,7 +64,7 @@ pub struct TrainArgs {
     /// How the frozen prefix runs: `auto` (cached without augmentation, inference with it),
     /// `full` (inside the training graph), `inference` (every step, as plain inference),
     /// `cached` (once, stored in the feature cache; needs --no-augment).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, default_value = "auto")]
     prefix: PrefixMode,
     /// Intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
@@ -84,52 +81,6 @@ pub struct TrainArgs {
     /// Delete a previous run in --out that was made with other settings, instead of refusing.
     #[arg(long)]
     restart: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Optimizer {
-    Adamw,
-    Sgd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrefixMode {
-    Auto,
-    Full,
-    Inference,
-    Cached,
-}
-
-#[derive(Serialize)]
-struct Summary {
-    dataset: PathBuf,
-    model: String,
-    pretrained: bool,
-    weights_note: String,
-    head: Option<PathBuf>,
-    unfreeze: String,
-    trainable_parameters: Vec<String>,
-    augment: Option<Augment>,
-    prefix_mode: PrefixMode,
-    split_at: Option<String>,
-    config: TrainConfig,
-    artifacts: PathBuf,
-    artifacts_generated: bool,
-    artifacts_seconds: f64,
-    prefix_cache: Option<PrefixCacheStats>,
-    resumed_after_epoch: usize,
-    completed_epochs: usize,
-    stop: finetune::StopReason,
-    best_epoch: usize,
-    train_seconds: f64,
-    train_images_per_second: Option<f64>,
-    export_seconds: f64,
-    test_accuracy: Option<f64>,
-    model_onnx: PathBuf,
-    peak_rss_mb: Option<f64>,
-    total_seconds: f64,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -217,7 +168,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         learning_rate: args.learning_rate,
         schedule: match args.warmup_steps {
             0 => Schedule::Constant,
-            warmup_steps => Schedule::Cosine { warmup_steps, min_lr: args.learning_rate / 10.0 },
+            warmup_steps => Schedule::CosineSteps { warmup_steps, min_lr: args.learning_rate / 10.0 },
         },
         seed: args.seed,
         shuffle: true,
@@ -263,10 +214,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         (Some((split, _)), mode) => {
             let features_cache = match &args.features_cache {
-                Some(dir) => features::FeatureCache::open(dir)?,
-                None => features::FeatureCache::open(&features::FeatureCache::default_root()?)?,
+                Some(dir) => feature_cache::FeatureCache::open(dir)?,
+                None => feature_cache::FeatureCache::open(&feature_cache::FeatureCache::default_root()?)?,
             };
-            let preprocess_fingerprint = features::CacheKey::preprocess_fingerprint(&dataset, &resolved);
+            let preprocess_fingerprint = feature_cache::preprocess_fingerprint(dataset.info(), &spec);
             let key = finetune::prefix_cache_key(&spec.name, &split.prefix, &preprocess_fingerprint)?;
             let store = features_cache.store(&key)?;
             let item_shape = finetune::prefix_item_shape(&split.prefix)?;
@@ -336,7 +287,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
     let best = outcome.state.best.as_ref().map(|b| b.epoch).unwrap_or(0);
     let trained: Vec<_> = outcome.state.history.iter().skip(outcome.resumed_after_epoch).collect();
-    let summary = Summary {
+    let summary = FinetuneSummary {
         dataset: args.dataset.clone(),
         model: spec.name.clone(),
         pretrained: resolved.pretrained,
@@ -365,7 +316,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         peak_rss_mb: peak_rss_mb(),
         total_seconds: clock.elapsed().as_secs_f64(),
     };
-    head::io::write_report(&args.out.join(SUMMARY_FILE), &summary)?;
+    contracts::write(&args.out.join(SUMMARY_FILE), &summary)?;
     eprintln!(
         "fine-tuned in {:.1} s (best epoch {best}, {:?}); model: {}{}",
         summary.total_seconds,
@@ -378,25 +329,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 /// The head stage's weights as layers, checked against the dataset's classes.
 fn read_head(dir: &Path, classes: &[String]) -> anyhow::Result<Vec<DenseLayer>> {
-    let trained = head::io::load(dir)?;
-    if trained.meta.class_names != classes {
+    let (meta, layers) = contracts::head::read_head(dir)?;
+    if meta.class_names != classes {
         bail!(
             "{}: the head was trained for classes {:?}, the dataset has {:?}",
-            dir.join(head::io::META_FILE).display(),
-            trained.meta.class_names,
+            dir.join(contracts::head::META_FILE).display(),
+            meta.class_names,
             classes
         );
     }
-    trained
-        .model
-        .layers()
-        .iter()
-        .map(|layer| {
-            let (outputs, inputs) = layer.weight.dim();
-            let weight = layer.weight.as_standard_layout();
-            DenseLayer::from_out_in(weight.as_slice().expect("standard layout"), outputs, inputs, layer.bias.to_vec())
-                .map_err(anyhow::Error::from)
-        })
+    layers
+        .into_iter()
+        .map(|l| DenseLayer::from_out_in(&l.weight, l.outputs, l.inputs, l.bias).map_err(anyhow::Error::from))
         .collect()
 }
 
@@ -424,8 +368,8 @@ fn evaluate_test(
         labels.extend(batch.labels.iter().map(|&l| l as usize));
     }
     let probabilities = ndarray::Array2::from_shape_vec((labels.len(), classes.len()), rows)?;
-    let evaluation = head::evaluate(probabilities.view(), &labels, classes, &[1, 3]);
-    head::io::write_report(&args.out.join("evaluation-test.json"), &evaluation)?;
+    let evaluation = train_kit::evaluate(probabilities.view(), &labels, classes, &[1, 3]);
+    contracts::write(&args.out.join("evaluation-test.json"), &evaluation)?;
     Ok(Some(evaluation.accuracy))
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ingest::{Dataset, Split};
+use dataset::{Dataset, Split};
 use ndarray::Array2;
 
 const BIN: &str = env!("CARGO_BIN_EXE_finetune");
@@ -37,7 +37,7 @@ fn fixture(per_class: usize) -> Fixture {
     ingest::ingest(&spec, &dataset, &ingest::IngestOptions::default(), &progress::Silent).unwrap();
     let classes = Dataset::open(&dataset).unwrap().classes().to_vec();
 
-    let mut rng = onnx_graph::rng::SeededRng::new(9);
+    let mut rng = train_kit::SplitMix64::new(9);
     let features = Array2::from_shape_vec((40, 16), rng.uniform_vec(0.0, 1.0, 40 * 16)).unwrap();
     let labels: Vec<usize> = (0..40).map(|i| i % classes.len()).collect();
     let config = head::HeadConfig { hidden: vec![8], epochs: 1, ..Default::default() };

@@ -17,8 +17,8 @@ use finetune::{
     Loss, OptimizerKind, OrtTraining, RunOptions, Schedule, SessionConfig, StopReason, TrainConfig, Unfreeze,
 };
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
-use onnx_graph::rng::SeededRng;
 use onnx_graph::vgg;
+use train_kit::SplitMix64;
 
 const SEED: u64 = 11;
 const CLASSES: usize = 4;
@@ -38,7 +38,7 @@ fn model_spec() -> spec::ModelSpec {
 
 /// A stand-in for a trained head: seeded values, 16 -> 8 -> 4.
 fn head() -> Vec<DenseLayer> {
-    let mut rng = SeededRng::new(SEED + 1);
+    let mut rng = SplitMix64::new(SEED + 1);
     vec![
         DenseLayer::new(rng.uniform_vec(-0.5, 0.5, 16 * 8), [16, 8], rng.uniform_vec(-0.1, 0.1, 8)),
         DenseLayer::new(rng.uniform_vec(-0.5, 0.5, 8 * CLASSES), [8, CLASSES], rng.uniform_vec(-0.1, 0.1, CLASSES)),
@@ -75,12 +75,12 @@ fn block5_artifacts(root: &Path) -> (Composed, Artifacts) {
 }
 
 fn images(n: usize, seed: u64) -> ArrayD<f32> {
-    let mut rng = SeededRng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     ArrayD::from_shape_vec(IxDyn(&[n, 3, 32, 32]), rng.uniform_vec(-2.0, 2.0, n * 3 * 32 * 32)).unwrap()
 }
 
 fn labels(n: usize, seed: u64) -> Vec<i64> {
-    let mut rng = SeededRng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     (0..n).map(|_| (rng.next_u64() % CLASSES as u64) as i64).collect()
 }
 
@@ -109,7 +109,7 @@ fn quick_config(epochs: usize) -> TrainConfig {
         epochs,
         batch_size: 4,
         learning_rate: 3e-3,
-        schedule: Schedule::Cosine { warmup_steps: 2, min_lr: 1e-4 },
+        schedule: Schedule::CosineSteps { warmup_steps: 2, min_lr: 1e-4 },
         seed: 5,
         shuffle: true,
         patience: None,

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use head::rng::Rng;
 use head::{Activation, Init, Mlp, OptimizerConfig, Trainer};
 use ndarray::Array2;
+use train_kit::Xoshiro256;
 
 const INPUT: usize = 25_088;
 const HIDDEN: usize = 1024;
@@ -26,6 +26,9 @@ fn reference_gflops() -> f64 {
     let a = vec![0.5f32; n * n];
     let b = vec![0.25f32; n * n];
     let mut c = vec![0f32; n * n];
+    // SAFETY: the pointers cover n×n live buffers with the strides given;
+    // `c` is borrowed mutably, so it aliases neither input.
+    #[allow(unsafe_code)]
     let run = |c: &mut [f32]| unsafe {
         gemm::gemm(
             n,
@@ -72,7 +75,7 @@ fn main() {
         reference_gflops(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let mut rng = Rng::new(1);
+    let mut rng = Xoshiro256::new(1);
     let rows = 512;
     // Non-negative like post-ReLU conv features.
     let data = Array2::from_shape_simple_fn((rows, INPUT), || rng.uniform() as f32);

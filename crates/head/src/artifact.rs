@@ -2,50 +2,16 @@
 //! names, layer sizes, config, history). `io` writes it as safetensors and
 //! JSON.
 
+use ndarray::{Array2, ArrayView2};
 use std::collections::BTreeMap;
 
-use ndarray::{Array2, ArrayView2};
-use serde::{Deserialize, Serialize};
+use train_kit::{argmax_rows, evaluate, EpochRecord, Evaluation};
 
-use crate::config::{HeadConfig, Monitor};
-use crate::metrics::{evaluate, Evaluation};
-use crate::model::{argmax_rows, Activation, Mlp};
-use crate::train::{fit, BatchSource, EpochRecord, TrainError};
+use crate::config::HeadConfig;
+use crate::model::Mlp;
 
-/// Value of [`HeadMeta::format`] for this layout of the files.
-pub const FORMAT: &str = "head/1";
-/// Value of [`HeadMeta::weight_layout`]: `dense_i.weight` is `[out, in]`.
-pub const WEIGHT_LAYOUT: &str = "out_in";
-
-/// The JSON half of a saved head.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HeadMeta {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Class names in label order (label `i` is `class_names[i]`).
-    pub class_names: Vec<String>,
-    /// `[input, hidden.., classes]`.
-    pub layer_sizes: Vec<usize>,
-    pub activation: Activation,
-    /// Always [`WEIGHT_LAYOUT`].
-    pub weight_layout: String,
-    /// The resolved configuration (every default filled in).
-    pub config: HeadConfig,
-    pub config_fingerprint: String,
-    /// Class weights used in the loss, after resolving "balanced".
-    pub class_weights: Option<Vec<f64>>,
-    pub monitor: Monitor,
-    /// 1-based epoch with the best monitored value; its weights are the
-    /// saved ones when `config.early_stopping.restore_best` (the default),
-    /// else the last epoch's are.
-    pub best_epoch: usize,
-    pub stopped_early: bool,
-    pub history: Vec<EpochRecord>,
-    /// Provenance supplied by the caller (for example the feature cache's
-    /// model and preprocessing fingerprints).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub inputs: BTreeMap<String, String>,
-}
+use crate::train::{fit, BatchSource, TrainError};
+pub use contracts::head::{HeadMeta, FORMAT, WEIGHT_LAYOUT};
 
 /// A model with its metadata.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,23 +22,18 @@ pub mod config;
 pub mod io;
 mod linalg;
 pub mod loss;
-pub mod metrics;
 pub mod model;
 pub mod onnx_export;
 pub mod optim;
-pub mod rng;
 mod scalar;
-pub mod schedule;
 #[cfg(test)]
 mod testutil;
 pub mod train;
 
 pub use artifact::{train_head, HeadMeta, TrainedHead};
-pub use config::{ClassWeights, ConfigError, EarlyStopping, HeadConfig, Monitor};
+pub use config::{ClassWeights, ConfigError, HeadConfig};
 pub use loss::{balanced_class_weights, softmax_cross_entropy, LossOptions};
-pub use metrics::{evaluate, Evaluation};
 pub use model::{Activation, Dense, Init, Mlp};
 pub use optim::{AdamConfig, AdamWConfig, Optimizer, OptimizerConfig, SgdConfig};
 pub use scalar::Scalar;
-pub use schedule::Schedule;
-pub use train::{fit, fit_model, BatchSource, EpochRecord, FitOutcome, InMemory, TrainError, Trainer};
+pub use train::{fit, fit_model, BatchSource, FitOutcome, InMemory, TrainError, Trainer};

@@ -41,6 +41,7 @@ pub(crate) fn gemm_serial<T: Scalar>(a: ArrayView2<T>, b: ArrayView2<T>, mut c: 
     // SAFETY: the pointers and strides come from live ndarray views whose
     // shapes were checked above; `c` is borrowed mutably, so it aliases
     // neither input.
+    #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             m,

@@ -6,34 +6,14 @@
 //! `x` of shape `[batch, in]`. Each output unit's weights are contiguous,
 //! which is what makes the forward product fast at small batches.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::linalg::{gemm_par_cols, weight_grad_block, BAND_ROWS, BLOCK_COLS};
-use crate::rng::Rng;
 use crate::Scalar;
+use train_kit::Xoshiro256;
 
-/// Non-linearity applied after every hidden layer (never after the last).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    Relu,
-    Tanh,
-}
-
-/// Weight initialisation; biases always start at zero (as in Keras).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Init {
-    /// U(-l, l) with l = sqrt(6 / (fan_in + fan_out)): the Keras default.
-    GlorotUniform,
-    /// U(-l, l) with l = sqrt(6 / fan_in).
-    HeUniform,
-    /// Normal with std sqrt(2 / fan_in), redrawn beyond two standard
-    /// deviations and rescaled as Keras's truncated `HeNormal` does.
-    HeNormal,
-}
+pub use contracts::head::{Activation, Init};
 
 /// One fully connected layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,7 +103,7 @@ pub fn activation_backward<T: Scalar>(act: Activation, z: ArrayView2<T>, grad: A
 /// Fills `mask` for inverted dropout: each entry is 0 with probability
 /// `rate`, else `1 / (1 - rate)`, so activations keep their expectation and
 /// inference needs no rescaling.
-pub fn dropout_mask<T: Scalar>(rng: &mut Rng, rate: f64, mut mask: ArrayViewMut2<T>) {
+pub fn dropout_mask<T: Scalar>(rng: &mut Xoshiro256, rate: f64, mut mask: ArrayViewMut2<T>) {
     let keep = T::of(1.0 / (1.0 - rate));
     mask.iter_mut().for_each(|m| *m = if rng.uniform() < rate { T::zero() } else { keep });
 }
@@ -201,7 +181,7 @@ impl<T: Scalar> Mlp<T> {
             .enumerate()
             .map(|(l, w)| {
                 let (fan_in, fan_out) = (w[0], w[1]);
-                let mut rng = Rng::stream(seed, &[0x1417, l as u64]);
+                let mut rng = Xoshiro256::stream(seed, &[0x1417, l as u64]);
                 let weight = Array2::from_shape_simple_fn((fan_out, fan_in), || {
                     T::of(draw_init(&mut rng, init, fan_in, fan_out))
                 });
@@ -332,7 +312,7 @@ impl<T: Scalar> Mlp<T> {
     }
 }
 
-fn draw_init(rng: &mut Rng, init: Init, fan_in: usize, fan_out: usize) -> f64 {
+fn draw_init(rng: &mut Xoshiro256, init: Init, fan_in: usize, fan_out: usize) -> f64 {
     match init {
         Init::GlorotUniform => {
             let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
@@ -354,21 +334,6 @@ fn draw_init(rng: &mut Rng, init: Init, fan_in: usize, fan_out: usize) -> f64 {
             }
         }
     }
-}
-
-/// Row-wise argmax; ties go to the lowest index.
-pub fn argmax_rows<T: Scalar>(scores: ArrayView2<T>) -> Vec<usize> {
-    scores.rows().into_iter().map(|row| argmax(row)).collect()
-}
-
-pub(crate) fn argmax<T: Scalar>(row: ArrayView1<T>) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 #[cfg(test)]
@@ -450,7 +415,7 @@ mod tests {
         let labels = [0, 2, 1, 1, 0, 2, 2];
         let weights = [0.5, 2.0, 1.5];
         // Fixed dropout masks (rate 0.3), as the trainer would draw them.
-        let mut rng = Rng::new(9);
+        let mut rng = Xoshiro256::new(9);
         let masks: Vec<Array2<f64>> = [5, 4]
             .iter()
             .map(|&h| {
@@ -500,7 +465,7 @@ mod tests {
     #[test]
     fn dropout_masks_have_the_right_rate_and_scale() {
         let mut m = Array2::<f32>::zeros((200, 100));
-        dropout_mask(&mut Rng::new(1), 0.25, m.view_mut());
+        dropout_mask(&mut Xoshiro256::new(1), 0.25, m.view_mut());
         let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
         assert!((dropped - 0.25).abs() < 0.02, "{dropped}");
         assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
@@ -549,11 +514,5 @@ mod tests {
         activation_forward(Activation::Relu, z.view(), a.view_mut());
         assert!(a[[0, 0]].is_nan());
         assert_eq!((a[[0, 1]], a[[0, 2]]), (0.0, 2.0));
-    }
-
-    #[test]
-    fn argmax_takes_the_first_of_ties() {
-        let s = ndarray::array![[1.0f32, 3.0, 3.0], [2.0, 2.0, 2.0]];
-        assert_eq!(argmax_rows(s.view()), vec![1, 0]);
     }
 }

@@ -3,11 +3,11 @@
 
 use ndarray::Array2;
 
-use crate::rng::Rng;
+use train_kit::Xoshiro256;
 
 /// Uniform in (−scale, scale), fixed by `seed`.
 pub fn random_matrix(rows: usize, cols: usize, seed: u64, scale: f64) -> Array2<f64> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Xoshiro256::new(seed);
     Array2::from_shape_simple_fn((rows, cols), || (2.0 * rng.uniform() - 1.0) * scale)
 }
 

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::config::{ClassWeights, ConfigError, HeadConfig, Monitor};
+use crate::config::{ClassWeights, ConfigError, HeadConfig};
 use crate::linalg::{weight_grad_block, BAND_ROWS, BLOCK_COLS};
 use crate::loss::{balanced_class_weights, softmax_cross_entropy, LossOptions};
-use crate::model::{argmax_rows, bias_grad_into, dropout_mask, Deltas, ForwardCache, Mlp};
+use crate::model::{bias_grad_into, dropout_mask, Deltas, ForwardCache, Mlp};
 use crate::optim::{split_state, Optimizer, OptimizerConfig};
-use crate::rng::Rng;
 use crate::Scalar;
+use train_kit::Xoshiro256;
+use train_kit::{argmax_rows, EpochRecord, Monitor};
 
 /// Errors a source of training rows may raise (a streaming reader's I/O).
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -196,7 +196,7 @@ impl<T: Scalar> Trainer<T> {
                 if self.masks[l].dim() != shape {
                     self.masks[l] = Array2::zeros(shape);
                 }
-                let mut rng = Rng::stream(self.seed, &[STREAM_DROPOUT, step_index, l as u64]);
+                let mut rng = Xoshiro256::stream(self.seed, &[STREAM_DROPOUT, step_index, l as u64]);
                 dropout_mask(&mut rng, self.dropout, self.masks[l].view_mut());
             }
         }
@@ -342,45 +342,6 @@ pub fn logits_of<T: Scalar>(model: &Mlp<T>, source: &mut dyn BatchSource<T>) -> 
     Ok(logits)
 }
 
-/// One line of training history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based.
-    pub epoch: usize,
-    pub epochs: usize,
-    pub steps: usize,
-    /// Learning rate of the epoch's last step.
-    pub lr: f64,
-    /// Mean training loss in training mode (dropout on), as Keras reports it.
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    /// Validation loss (label smoothing included, class weights not).
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    /// This epoch is the best so far on the monitored metric.
-    pub best: bool,
-    /// Wall time of the epoch, validation included.
-    pub seconds: f64,
-}
-
-impl EpochRecord {
-    /// The terminal line: `epoch 3/10  loss 0.4123  acc 0.8750  val_loss …`.
-    pub fn summary_line(&self) -> String {
-        let mut line = format!(
-            "epoch {}/{}  loss {:.4}  acc {:.4}",
-            self.epoch, self.epochs, self.train_loss, self.train_accuracy
-        );
-        if let (Some(l), Some(a)) = (self.val_loss, self.val_accuracy) {
-            line += &format!("  val_loss {l:.4}  val_acc {a:.4}");
-        }
-        line += &format!("  lr {:.2e}  {:.1}s", self.lr, self.seconds);
-        if self.best {
-            line += "  *";
-        }
-        line
-    }
-}
-
 /// The result of [`fit`].
 #[derive(Clone, Debug)]
 pub struct FitOutcome<T> {
@@ -494,7 +455,7 @@ pub fn fit_model<T: Scalar>(
         let started = Instant::now();
         if config.shuffle {
             order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-            Rng::stream(config.seed, &[STREAM_SHUFFLE, epoch as u64]).shuffle(&mut order);
+            Xoshiro256::stream(config.seed, &[STREAM_SHUFFLE, epoch as u64]).shuffle(&mut order);
         }
         let (mut loss_sum, mut correct, mut lr) = (0.0f64, 0usize, base_lr);
         for (s, indices) in order.chunks(batch).enumerate() {
@@ -577,15 +538,15 @@ pub fn fit_model<T: Scalar>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EarlyStopping;
     use crate::linalg::{BAND_ROWS, BLOCK_COLS, COL_CHUNK};
     use crate::model::Init;
     use crate::optim::{AdamConfig, SgdConfig};
     use crate::Activation;
+    use train_kit::EarlyStopping;
 
     /// `classes` Gaussian-ish clusters around well separated centres.
     pub(crate) fn clusters(n: usize, dim: usize, classes: usize, seed: u64, spread: f32) -> (Array2<f32>, Vec<usize>) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Xoshiro256::new(seed);
         let centres = Array2::from_shape_simple_fn((classes, dim), || (rng.normal() * 3.0) as f32);
         let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
         let x = Array2::from_shape_fn((n, dim), |(i, j)| centres[[labels[i], j]] + spread * rng.normal() as f32);
@@ -693,7 +654,7 @@ mod tests {
         }
     }
 
-    use crate::schedule::Schedule;
+    use train_kit::Schedule;
 
     fn train_in_pool(
         threads: usize,

@@ -2,15 +2,16 @@
 //! by this crate and by the safetensors reader alone, plus the metrics log.
 
 use head::io::{self, MetricsLog, META_FILE, WEIGHTS_FILE};
-use head::rng::Rng;
-use head::{train_head, EarlyStopping, Evaluation, HeadConfig, InMemory, TrainedHead};
+use head::{train_head, HeadConfig, InMemory, TrainedHead};
 use ndarray::Array2;
+use train_kit::Xoshiro256;
+use train_kit::{EarlyStopping, Evaluation};
 
 /// Samples (drawn by `seed`) around three fixed cluster centres.
 fn clusters(n: usize, dim: usize, classes: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
-    let mut centre_rng = Rng::new(1000);
+    let mut centre_rng = Xoshiro256::new(1000);
     let centres = Array2::from_shape_simple_fn((classes, dim), || (centre_rng.normal() * 2.0) as f32);
-    let mut rng = Rng::new(seed);
+    let mut rng = Xoshiro256::new(seed);
     let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
     let x = Array2::from_shape_fn((n, dim), |(i, j)| centres[[labels[i], j]] + rng.normal() as f32);
     (x, labels)
@@ -20,7 +21,7 @@ fn names() -> Vec<String> {
     ["daisy", "dandelion", "rose"].map(String::from).to_vec()
 }
 
-fn trained(dir: &std::path::Path) -> (TrainedHead, Vec<head::EpochRecord>) {
+fn trained(dir: &std::path::Path) -> (TrainedHead, Vec<train_kit::EpochRecord>) {
     let (x, y) = clusters(90, 12, 3, 1);
     let (vx, vy) = clusters(30, 12, 3, 2);
     let config = HeadConfig {

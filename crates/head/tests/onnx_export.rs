@@ -1,13 +1,13 @@
 //! The exported head runs in stock ONNX Runtime and agrees with the Rust
 //! forward pass. Needs the pinned ORT library (`cargo xtask setup`).
 
-use head::rng::Rng;
 use head::{onnx_export, train_head, HeadConfig, InMemory};
 use ndarray::Array2;
 use runtime::ort;
+use train_kit::Xoshiro256;
 
 fn data(n: usize, dim: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
-    let mut rng = Rng::new(seed);
+    let mut rng = Xoshiro256::new(seed);
     let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
     let x = Array2::from_shape_fn((n, dim), |(i, j)| (labels[i] * 7 + j) as f32 * 0.05 + rng.normal() as f32);
     (x, labels)

@@ -22,11 +22,11 @@ fn main() {
         std::hint::black_box(spec::sha256_hex(&bytes));
         hash += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let img = ingest::decode_upright(&bytes, u64::MAX).unwrap();
+        let img = imaging::decode_upright(&bytes, u64::MAX).unwrap();
         decode += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let size = spec::StoredSize::ShorterSide(256).target(img.width(), img.height());
-        std::hint::black_box(ingest::resize(img, size, spec::ResizeFilter::Lanczos3));
+        std::hint::black_box(imaging::resize(img, size, spec::ResizeFilter::Lanczos3));
         resize += t.elapsed().as_secs_f64();
     }
     let per = |s: f64| s * 1000.0 / files.len() as f64;

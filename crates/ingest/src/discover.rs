@@ -4,13 +4,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use imaging::IMAGE_EXTENSIONS;
 use spec::DatasetSource;
 use walkdir::WalkDir;
 
 use crate::{IngestError, Reject, RejectKind};
-
-/// File extensions treated as images; everything else is ignored (counted).
-pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif"];
 
 /// A file that should become a row, if it reads and decodes.
 #[derive(Debug, Clone)]

@@ -13,12 +13,8 @@
 //! half-written one. Bad files never stop the run: they are listed in
 //! `rejects.csv` with a reason.
 
-mod decode;
 mod discover;
-mod read;
-pub mod schema;
 mod split;
-mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,14 +25,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 use spec::{DatasetSource, DatasetSpec};
 
-pub use decode::{decode_upright, resize, resize_to_stored};
-pub use discover::IMAGE_EXTENSIONS;
-pub use read::{Batches, Dataset, ReadError, Record};
-pub use schema::{DatasetInfo, SplitInfo, SCHEMA_VERSION};
 pub use split::{assign as assign_split, Split};
 
+use contracts::dataset::{DatasetInfo, INFO_FILE, REJECTS_FILE};
+use dataset::{DatasetWriter, Limits, Row};
 use discover::Candidate;
-use write::{DatasetWriter, Row};
 
 /// Why a file was left out of the dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -52,6 +45,17 @@ pub enum RejectKind {
     Duplicate,
     /// Same bytes under two or more classes: all copies excluded.
     LabelConflict,
+}
+
+impl From<imaging::Failure> for RejectKind {
+    fn from(failure: imaging::Failure) -> Self {
+        match failure {
+            imaging::Failure::Unreadable => RejectKind::Unreadable,
+            imaging::Failure::NotAnImage => RejectKind::NotAnImage,
+            imaging::Failure::Corrupt => RejectKind::Corrupt,
+            imaging::Failure::TooLarge => RejectKind::TooLarge,
+        }
+    }
 }
 
 impl RejectKind {
@@ -91,18 +95,21 @@ pub enum IngestError {
     Manifest { path: PathBuf, line: u64, reason: String },
     #[error("invalid dataset spec: {0}")]
     Spec(#[from] spec::SpecError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: writing Parquet: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the dataset: {0}")]
+    Dataset(#[from] dataset::DatasetError),
+    #[error(transparent)]
+    Contract(#[from] contracts::ContractError),
 }
 
 impl IngestError {
     fn io(path: &Path, source: std::io::Error) -> Self {
         IngestError::Io { path: path.to_path_buf(), source }
-    }
-    fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {
-        IngestError::Parquet { path: path.to_path_buf(), source }
     }
 }
 
@@ -179,8 +186,7 @@ pub fn ingest(
     }
     std::fs::create_dir_all(&partial).map_err(|e| IngestError::io(&partial, e))?;
     let spec_json = serde_json::to_string(&spec).expect("specs serialise");
-    let limits =
-        write::Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
+    let limits = Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
     let mut writer = DatasetWriter::new(&partial, found.classes.clone(), spec_json, limits);
 
     progress.start("decoding", kept.len() as u64);
@@ -223,7 +229,6 @@ pub fn ingest(
 
     let count = |f: &dyn Fn(RejectKind) -> bool| rejects.iter().filter(|r| f(r.kind)).count();
     let mut info = DatasetInfo {
-        schema_version: SCHEMA_VERSION,
         name: spec.name.clone(),
         classes: found.classes.clone(),
         fingerprint,
@@ -237,10 +242,8 @@ pub fn ingest(
     };
     info.warnings = small_class_warnings(&info);
 
-    let info_path = partial.join(schema::INFO_FILE);
-    let json = serde_json::to_string_pretty(&info).expect("info serialises") + "\n";
-    std::fs::write(&info_path, json).map_err(|e| IngestError::io(&info_path, e))?;
-    write_rejects(&partial.join(schema::REJECTS_FILE), &rejects)?;
+    contracts::write(&partial.join(INFO_FILE), &info)?;
+    write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
     replace_dir(&partial, out_dir)?;
     Ok(IngestSummary { info, rejects, out_dir: out_dir.to_path_buf() })
 }
@@ -274,8 +277,8 @@ fn decode_row(c: &Candidate, content_id: &str, spec: &DatasetSpec) -> Result<Row
     if spec::sha256_hex(&bytes) != content_id {
         return Err(Reject::new(c.rel.clone(), RejectKind::Unreadable, "file changed while being ingested"));
     }
-    let decoded = decode::decode(&bytes, spec.max_pixels, spec.size, spec.filter)
-        .map_err(|(kind, reason)| Reject::new(c.rel.clone(), kind, reason))?;
+    let decoded = imaging::decode(&bytes, spec.max_pixels, spec.size, spec.filter)
+        .map_err(|(failure, reason)| Reject::new(c.rel.clone(), RejectKind::from(failure), reason))?;
     Ok(Row {
         content_id: content_id.to_string(),
         rel: c.rel.clone(),

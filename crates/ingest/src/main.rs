@@ -162,7 +162,7 @@ fn run(args: Args) -> Result<ExitCode> {
         info.duplicates,
         info.conflicts,
         info.ignored,
-        summary.out_dir.join(ingest::schema::REJECTS_FILE).display()
+        summary.out_dir.join(contracts::dataset::REJECTS_FILE).display()
     );
     println!("dataset: {}", summary.out_dir.display());
     if args.strict && summary.losses() > 0 {

@@ -6,12 +6,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use arrow_schema::DataType;
-use demo::{DemoOptions, Rng};
+use dataset::{Dataset, Split};
+use demo::DemoOptions;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use ingest::{Dataset, IngestOptions, IngestSummary, RejectKind, Split};
+use ingest::{IngestOptions, IngestSummary, RejectKind};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use sha2::{Digest, Sha256};
 use spec::{DatasetSpec, StoredSize};
+use train_kit::SplitMix64;
 
 fn small_demo(root: &Path, per_class: usize) -> demo::DemoSummary {
     let opts = DemoOptions { per_class, width: 48, height: 36, seed: 11, broken_files: true };
@@ -28,7 +30,7 @@ fn spec_for(root: &Path, side: u32) -> DatasetSpec {
     spec
 }
 
-fn all_records(ds: &Dataset, with_pixels: bool) -> Vec<ingest::Record> {
+fn all_records(ds: &Dataset, with_pixels: bool) -> Vec<dataset::Record> {
     Split::ALL
         .iter()
         .flat_map(|&s| ds.batches(s, 7, with_pixels).flat_map(Result::unwrap).collect::<Vec<_>>())
@@ -243,7 +245,7 @@ fn exif_orientation_is_applied() {
     assert!(summary.rejects.is_empty(), "{:?}", summary.rejects);
     let ds = Dataset::open(&tmp.path().join("out")).unwrap();
     let records = all_records(&ds, true);
-    let pixel = |r: &ingest::Record, x: u32, y: u32| {
+    let pixel = |r: &dataset::Record, x: u32, y: u32| {
         let i = ((y * r.stored_width + x) * 3) as usize;
         [r.pixels[i], r.pixels[i + 1], r.pixels[i + 2]]
     };
@@ -275,7 +277,7 @@ fn splits_are_stratified_and_stable_when_images_are_added() {
     let old = splits_of(&tmp.path().join("v1"));
 
     // Add images with other content and names; nothing old may move.
-    let mut rng = Rng::new(99);
+    let mut rng = SplitMix64::new(99);
     for (ci, class) in demo::CLASSES.iter().enumerate() {
         for i in 0..15 {
             let img = demo::render(ci, 12, 12, &mut rng);
@@ -326,7 +328,7 @@ fn batches_by_split_cover_every_row_once() {
     let ds = Dataset::open(&out).unwrap();
     let mut seen = std::collections::HashSet::new();
     for split in Split::ALL {
-        let batches: Vec<Vec<ingest::Record>> = ds.batches(split, 4, false).map(Result::unwrap).collect();
+        let batches: Vec<Vec<dataset::Record>> = ds.batches(split, 4, false).map(Result::unwrap).collect();
         let n: usize = batches.iter().map(Vec::len).sum();
         assert_eq!(n, ds.rows(split));
         // Full batches across shard boundaries; only the last may be short.

@@ -19,7 +19,6 @@ pub mod builder;
 pub mod edit;
 pub mod proto;
 pub mod reference;
-pub mod rng;
 pub mod shape;
 pub mod tensor;
 pub mod vgg;

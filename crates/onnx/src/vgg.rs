@@ -14,8 +14,8 @@
 
 use crate::builder::{ConvOptions, GraphBuilder};
 use crate::proto::ModelProto;
-use crate::rng::SeededRng;
 use crate::shape::Dim;
+use train_kit::SplitMix64;
 
 /// The graph input: `[N, 3, H, W]` f32, NCHW.
 pub const INPUT_NAME: &str = "data";
@@ -172,14 +172,14 @@ pub fn generate(config: &VggConfig, seed: u64) -> ModelProto {
 
 fn he_uniform(graph: &mut GraphBuilder, seed: u64, name: &str, dims: &[i64], fan_in: usize) -> String {
     let count = dims.iter().product::<i64>() as usize;
-    let values = SeededRng::for_tensor(seed, name).he_uniform(fan_in, count);
+    let values = SplitMix64::for_tensor(seed, name).he_uniform(fan_in, count);
     graph.initializer(name, dims, &values)
 }
 
 /// Biases are small but not zero, so that checks against a reference also
 /// check that the bias is applied.
 fn small_bias(graph: &mut GraphBuilder, seed: u64, name: &str, len: i64) -> String {
-    let values = SeededRng::for_tensor(seed, name).uniform_vec(-0.05, 0.05, len as usize);
+    let values = SplitMix64::for_tensor(seed, name).uniform_vec(-0.05, 0.05, len as usize);
     graph.initializer(name, &[len], &values)
 }
 

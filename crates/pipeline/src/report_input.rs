@@ -143,7 +143,7 @@ fn curve(path: &Path) -> Result<Vec<CurvePoint>> {
         .collect()
 }
 
-fn evaluation(path: &Path) -> Result<Option<head::Evaluation>> {
+fn evaluation(path: &Path) -> Result<Option<train_kit::Evaluation>> {
     if !path.exists() {
         return Ok(None);
     }

@@ -8,12 +8,12 @@ use walkdir::WalkDir;
 
 use crate::ImageError;
 
-/// Whether the file name has one of [`ingest::IMAGE_EXTENSIONS`] (the ones
+/// Whether the file name has one of [`imaging::IMAGE_EXTENSIONS`] (the ones
 /// ingestion reads), in any case.
 pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .is_some_and(|e| ingest::IMAGE_EXTENSIONS.contains(&e.as_str()))
+        .is_some_and(|e| imaging::IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
 fn is_hidden(name: &std::ffi::OsStr) -> bool {

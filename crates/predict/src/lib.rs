@@ -2,11 +2,11 @@
 //! image files, with the same preprocessing the training images went
 //! through:
 //!
-//! 1. [`ingest::decode_upright`]: decode, apply the EXIF orientation, RGB8;
-//! 2. [`ingest::resize_to_stored`]: the stored size and filter ingestion
+//! 1. [`imaging::decode_upright`]: decode, apply the EXIF orientation, RGB8;
+//! 2. [`imaging::resize_to_stored`]: the stored size and filter ingestion
 //!    used (the model's [`spec::META_STORED`] metadata; skipped when the
 //!    model does not carry it);
-//! 3. [`features::preprocess::preprocess_into`]: the model's resize, crop,
+//! 3. [`imaging::preprocess::preprocess_into`]: the model's resize, crop,
 //!    channel order, normalisation and layout (its `preprocess` and `input`
 //!    metadata).
 //!
@@ -144,13 +144,13 @@ pub fn preprocess_bytes(bytes: &[u8], metadata: &InferenceMetadata, max_pixels: 
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
-    let upright = ingest::decode_upright(bytes, max_pixels).map_err(|(_, reason)| reason)?;
+    let upright = imaging::decode_upright(bytes, max_pixels).map_err(|(_, reason)| reason)?;
     let stored = match metadata.stored {
-        Some(stored) => ingest::resize_to_stored(upright, stored.size, stored.filter),
+        Some(stored) => imaging::resize_to_stored(upright, stored.size, stored.filter),
         None => upright,
     };
-    let mut out = vec![0f32; features::preprocess::input_len(&metadata.input)];
-    features::preprocess::preprocess_into(
+    let mut out = vec![0f32; imaging::preprocess::input_len(&metadata.input)];
+    imaging::preprocess::preprocess_into(
         stored.as_raw(),
         stored.dimensions(),
         &metadata.preprocess,
@@ -284,7 +284,7 @@ impl Predictor {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let per_image = features::preprocess::input_len(&self.metadata.input);
+        let per_image = imaging::preprocess::input_len(&self.metadata.input);
         if let Some(bad) = images.iter().find(|i| i.len() != per_image) {
             return Err(format!("an input holds {} values, the model takes {per_image} per image", bad.len()));
         }

@@ -82,7 +82,7 @@ fn write_model(dir: &Path, props: &[(String, String)]) -> PathBuf {
 }
 
 fn demo_image(class: usize, (w, h): (u32, u32), seed: u64) -> RgbImage {
-    demo::render(class, w, h, &mut demo::Rng::new(seed))
+    demo::render(class, w, h, &mut train_kit::SplitMix64::new(seed))
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -96,10 +96,10 @@ fn reference_probabilities(model: &onnx_graph::ModelProto, upright: &RgbImage, m
     let (w, h) = upright.dimensions();
     let round_div = |a: u32, b: u32| ((a as u64 * 48 + b as u64 / 2) / b as u64) as u32;
     let stored_size = if w <= h { (48, round_div(h, w)) } else { (round_div(w, h), 48) };
-    let stored = ingest::resize(upright.clone(), stored_size, ResizeFilter::Lanczos3);
+    let stored = imaging::resize(upright.clone(), stored_size, ResizeFilter::Lanczos3);
     let (sw, sh) = stored.dimensions();
     let model_size = if sw <= sh { (36, 36 * sh / sw) } else { (36 * sw / sh, 36) };
-    let resized = ingest::resize(stored, model_size, ResizeFilter::Bilinear);
+    let resized = imaging::resize(stored, model_size, ResizeFilter::Bilinear);
     let offset = |size: u32| (f64::from(size - 32) / 2.0).round_ties_even() as u32;
     let (ox, oy) = (offset(model_size.0), offset(model_size.1));
     let mut input = vec![0f32; 3 * 32 * 32];

@@ -2,7 +2,7 @@
 //! images, code). Both text renderers walk the same blocks, so Markdown and
 //! HTML always say the same thing; only their syntax and escaping differ.
 
-use head::metrics::{ClassScores, Evaluation};
+use train_kit::metrics::{ClassScores, Evaluation};
 
 use crate::input::{CurvePoint, ReportInput, StageTiming};
 use crate::plot::{Plot, PlotKind};

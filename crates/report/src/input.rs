@@ -1,8 +1,8 @@
 //! The report's input: plain data the caller fills in. Serialisable, so the
 //! caller can save it next to the report (`report.json`) and render again.
 
-use head::metrics::Evaluation;
 use serde::{Deserialize, Serialize};
+use train_kit::metrics::Evaluation;
 
 use crate::ReportError;
 
@@ -83,24 +83,7 @@ pub struct StageTiming {
     pub note: String,
 }
 
-/// Whether a stage ran; serialised as `"ran"`, `"skipped"`, `"failed"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageStatus {
-    Ran,
-    Skipped,
-    Failed,
-}
-
-impl StageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageStatus::Ran => "ran",
-            StageStatus::Skipped => "skipped",
-            StageStatus::Failed => "failed",
-        }
-    }
-}
+pub use contracts::run::StageStatus;
 
 /// One epoch of a learning curve. Validation figures are absent when the
 /// epoch was not validated.

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 pub use document::REJECTS_SHOWN;
 pub use error::ReportError;
-pub use head::metrics::Evaluation;
 pub use input::{
     CurvePoint, DatasetSummary, ModelSummary, RejectRow, ReportInput, SplitSummary, StageStatus, StageTiming,
 };
+pub use train_kit::metrics::Evaluation;
 
 /// The files [`render`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]

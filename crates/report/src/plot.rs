@@ -6,10 +6,10 @@ use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
 
-use head::metrics::Evaluation;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use train_kit::metrics::Evaluation;
 
 use crate::input::{CurvePoint, ReportInput};
 use crate::ReportError;

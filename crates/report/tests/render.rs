@@ -4,11 +4,11 @@ use std::fs;
 use std::path::Path;
 
 use base64::Engine;
-use head::metrics::{ClassReport, ClassScores, Evaluation, TopK};
 use report::{
     render, CurvePoint, DatasetSummary, ModelSummary, RejectRow, ReportError, ReportInput, SplitSummary, StageStatus,
     StageTiming,
 };
+use train_kit::metrics::{ClassReport, ClassScores, Evaluation, TopK};
 
 const TRICKY: &str = "<b>&bird";
 

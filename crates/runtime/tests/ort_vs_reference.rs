@@ -43,7 +43,7 @@ fn run(model: &ModelProto, input: &Tensor, outputs: &[&str]) -> Vec<Tensor> {
 }
 
 fn random_images(batch: usize, side: usize, seed: u64) -> Tensor {
-    let mut rng = onnx_graph::rng::SeededRng::new(seed);
+    let mut rng = train_kit::SplitMix64::new(seed);
     let count = batch * 3 * side * side;
     Tensor::new(vec![batch, 3, side, side], rng.uniform_vec(-2.0, 2.0, count))
 }

@@ -134,6 +134,37 @@ pub enum Pooling {
     Max,
 }
 
+impl Pooling {
+    /// Length of one vector after this pooling of a `[C, H, W]` map.
+    pub fn pooled_len(self, [c, h, w]: [usize; 3]) -> usize {
+        match self {
+            Pooling::Flatten => c * h * w,
+            Pooling::Avg | Pooling::Max => c,
+        }
+    }
+
+    /// The name used in specs and cache folder names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Flatten => "flatten",
+            Pooling::Avg => "avg",
+            Pooling::Max => "max",
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "flatten" => Ok(Pooling::Flatten),
+            "avg" | "average" => Ok(Pooling::Avg),
+            "max" => Ok(Pooling::Max),
+            other => Err(format!("unknown pooling '{other}' (expected flatten, avg or max)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvBase {
@@ -173,11 +204,7 @@ impl ModelSpec {
 
     /// Length of one embedding after pooling.
     pub fn embedding_len(&self) -> usize {
-        let [c, h, w] = self.conv_base.shape;
-        match self.conv_base.pooling {
-            Pooling::Flatten => c * h * w,
-            Pooling::Avg | Pooling::Max => c,
-        }
+        self.conv_base.pooling.pooled_len(self.conv_base.shape)
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use ingest::{Dataset, IngestOptions};
+use dataset::Dataset;
+use ingest::IngestOptions;
 use models::ResolvedModel;
 use spec::{DatasetSpec, ModelSpec, StoredSize};
 
@@ -56,6 +57,6 @@ pub fn demo_dataset(dir: &Path, per_class: usize, seed: u64) -> Dataset {
 }
 
 /// Splits of a dataset that have rows.
-pub fn splits_with_rows(dataset: &Dataset) -> Vec<ingest::Split> {
-    ingest::Split::ALL.into_iter().filter(|&s| dataset.rows(s) > 0).collect()
+pub fn splits_with_rows(dataset: &Dataset) -> Vec<dataset::Split> {
+    dataset::Split::ALL.into_iter().filter(|&s| dataset.rows(s) > 0).collect()
 }

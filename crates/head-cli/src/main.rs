@@ -1,15 +1,18 @@
 //! `head`: train, evaluate and predict with the classifier head, as a batch
-//! step reading the features stage's output (`features.json` and its cache).
+//! step reading the features stage's output (`features.json` and the cache
+//! it names, through the `feature-cache` crate). The head's math is the
+//! `head` library, which knows no files but its own.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use features::{FeaturesInfo, SplitFeatures, Store};
+use contracts::features::FEATURES_FILE;
+use dataset::{Dataset, Split};
+use feature_cache::{load_split, SplitFeatures, Store};
 use head::io::{self, MetricsLog};
 use head::{BatchSource, HeadConfig, InMemory, TrainedHead};
-use ingest::{Dataset, Split};
 use ndarray::{Array2, ArrayViewMut2};
 
 #[derive(Parser)]
@@ -112,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate { head, features, split, top_k, out } => {
             let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
             let (dataset, store) = open_features(&features, &head)?;
-            let data = features::load_split(&dataset, &store, split)?;
+            let data = load_split(&dataset, &store, split)?;
             let report = head.evaluate(data.features.view(), &labels(&data), &top_k);
             println!("{split} split, {} images\n{report}", data.labels.len());
             if let Some(out) = out {
@@ -124,7 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
             let (dataset, store) = open_features(&features, &head)?;
             let records = dataset.index(split)?;
-            let data = features::load_split(&dataset, &store, split)?;
+            let data = load_split(&dataset, &store, split)?;
             let probs = head.predict_proba(data.features.view());
             let mut w: Box<dyn std::io::Write> = match &out {
                 Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("{}", path.display()))?),
@@ -143,11 +146,11 @@ fn labels(data: &SplitFeatures) -> Vec<usize> {
 /// Opens the dataset and cache a `features.json` names, checking that they
 /// belong to the classes the head was trained on.
 fn open_features(dir: &Path, head: &TrainedHead) -> Result<(Dataset, Store)> {
-    let info = FeaturesInfo::read(dir)?;
+    let info = feature_cache::read_features(dir)?;
     if info.dataset.classes != head.meta.class_names {
         bail!(
             "{}: classes {:?} differ from the head's {:?}",
-            dir.join(features::FEATURES_FILE).display(),
+            dir.join(FEATURES_FILE).display(),
             info.dataset.classes,
             head.meta.class_names
         );
@@ -155,32 +158,31 @@ fn open_features(dir: &Path, head: &TrainedHead) -> Result<(Dataset, Store)> {
     if info.embedding_len != head.model.input_dim() {
         bail!("embeddings have {} values, the head expects {}", info.embedding_len, head.model.input_dim());
     }
-    Ok(info.open()?)
+    Ok(feature_cache::open_features(&info)?)
 }
 
 fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: usize) -> Result<()> {
-    let info = FeaturesInfo::read(features_dir)?;
-    let (dataset, store) = info.open()?;
+    let info = feature_cache::read_features(features_dir)?;
+    let (dataset, store) = feature_cache::open_features(&info)?;
     eprintln!("{}", info.model.weights_note);
     let classes = info.dataset.classes.clone();
     let bytes = dataset.rows(Split::Train) * info.embedding_len * 4;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut log = MetricsLog::create(&out.join("metrics.jsonl"))?;
-    let mut on_epoch = |record: &head::EpochRecord| {
+    let mut on_epoch = |record: &train_kit::EpochRecord| {
         eprintln!("{}", record.summary_line());
         if let Err(e) = log.append(record) {
             eprintln!("warning: could not append to metrics.jsonl: {e}");
         }
     };
-    let validation = (dataset.rows(Split::Validation) > 0)
-        .then(|| features::load_split(&dataset, &store, Split::Validation))
-        .transpose()?;
+    let validation =
+        (dataset.rows(Split::Validation) > 0).then(|| load_split(&dataset, &store, Split::Validation)).transpose()?;
     let val_labels = validation.as_ref().map(labels).unwrap_or_default();
     let mut val_source = validation.as_ref().map(|v| InMemory::new(v.features.view(), &val_labels));
     let val = val_source.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
     let started = std::time::Instant::now();
     let head = if bytes <= memory_budget {
-        let train = features::load_split(&dataset, &store, Split::Train)?;
+        let train = load_split(&dataset, &store, Split::Train)?;
         let train_labels = labels(&train);
         head::train_head(
             config,
@@ -198,7 +200,7 @@ fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: us
     io::save(out, &head)?;
     onnx_graph::write_model(&head::onnx_export::to_onnx(&head), out.join("head.onnx"))?;
     if dataset.rows(Split::Test) > 0 {
-        let test = features::load_split(&dataset, &store, Split::Test)?;
+        let test = load_split(&dataset, &store, Split::Test)?;
         let report = head.evaluate(test.features.view(), &labels(&test), &[1, 3]);
         io::write_report(&out.join("evaluation-test.json"), &report)?;
         println!("test split, {} images\n{report}", test.labels.len());
@@ -215,7 +217,7 @@ fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: us
 /// do not fit in memory: each batch reads only its own rows.
 struct CacheSource<'s> {
     store: &'s Store,
-    index: features::Index,
+    index: feature_cache::Index,
     ids: Vec<String>,
     labels: Vec<usize>,
     dim: usize,
@@ -254,25 +256,25 @@ impl BatchSource<f32> for CacheSource<'_> {
 
 fn write_predictions(
     w: &mut dyn std::io::Write,
-    records: &[ingest::Record],
+    records: &[dataset::Record],
     classes: &[String],
     probs: &Array2<f32>,
     top_k: usize,
 ) -> Result<()> {
     let k = top_k.clamp(1, classes.len());
+    // The csv writer quotes any field that needs it: paths and class
+    // labels are free text.
+    let mut out = csv::Writer::from_writer(w);
     let header: Vec<String> = (1..=k).flat_map(|i| [format!("top{i}"), format!("p{i}")]).collect();
-    writeln!(w, "content_id,path,label,{}", header.join(","))?;
+    out.write_record(["content_id", "path", "label"].into_iter().map(str::to_owned).chain(header))?;
     for (record, row) in records.iter().zip(probs.rows()) {
         let mut order: Vec<usize> = (0..classes.len()).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let cells: Vec<String> =
-            order[..k].iter().flat_map(|&c| [classes[c].clone(), format!("{:.6}", row[c])]).collect();
-        let path = if record.path.contains([',', '"']) {
-            format!("\"{}\"", record.path.replace('"', "\"\""))
-        } else {
-            record.path.clone()
-        };
-        writeln!(w, "{},{},{},{}", record.content_id, path, record.label, cells.join(","))?;
+        let cells = order[..k].iter().flat_map(|&c| [classes[c].clone(), format!("{:.6}", row[c])]);
+        out.write_record(
+            [record.content_id.clone(), record.path.clone(), record.label.clone()].into_iter().chain(cells),
+        )?;
     }
+    out.flush()?;
     Ok(())
 }

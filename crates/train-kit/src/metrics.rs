@@ -4,10 +4,8 @@
 
 use std::fmt;
 
-use ndarray::ArrayView2;
+use ndarray::{ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
-
-use crate::Scalar;
 
 /// Precision, recall and F1 of one class, or an average of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,9 +48,25 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// Index of the largest score; ties go to the lower index.
+pub fn argmax<T: PartialOrd + Copy>(row: ArrayView1<T>) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// [`argmax`] of every row.
+pub fn argmax_rows<T: PartialOrd + Copy>(scores: ArrayView2<T>) -> Vec<usize> {
+    scores.rows().into_iter().map(|row| argmax(row)).collect()
+}
+
 /// Rank of the true class among the scores: how many classes beat it. Ties
 /// go to the lower index, the same rule as the argmax prediction.
-fn rank_of<T: Scalar>(row: ndarray::ArrayView1<T>, label: usize) -> usize {
+fn rank_of<T: PartialOrd + Copy>(row: ArrayView1<T>, label: usize) -> usize {
     let s = row[label];
     row.iter().enumerate().filter(|&(c, &v)| v > s || (v == s && c < label)).count()
 }
@@ -70,7 +84,7 @@ fn ratio(num: u64, den: u64) -> f64 {
 /// their order matters) against `labels`. Predictions are the row argmax,
 /// ties to the lowest index. `top_k` lists the k values to report; k larger
 /// than the class count reports 1.0.
-pub fn evaluate<T: Scalar>(
+pub fn evaluate<T: PartialOrd + Copy>(
     scores: ArrayView2<T>,
     labels: &[usize],
     class_names: &[String],
@@ -83,7 +97,7 @@ pub fn evaluate<T: Scalar>(
     let mut ranks = Vec::with_capacity(labels.len());
     for (row, &y) in scores.rows().into_iter().zip(labels) {
         assert!(y < classes, "label {y} out of range for {classes} classes");
-        let predicted = crate::model::argmax(row);
+        let predicted = argmax(row);
         confusion[y][predicted] += 1;
         ranks.push(rank_of(row, y));
     }
@@ -178,6 +192,12 @@ impl fmt::Display for Evaluation {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn argmax_takes_the_first_of_ties() {
+        let s = ndarray::array![[1.0f32, 3.0, 3.0], [2.0, 2.0, 2.0]];
+        assert_eq!(argmax_rows(s.view()), vec![1, 0]);
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("class_{i}")).collect()

@@ -11,10 +11,12 @@ use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use crate::schema::{col, DatasetInfo, INFO_FILE, SCHEMA_VERSION};
-use crate::Split;
+use contracts::dataset::DatasetInfo;
+use contracts::Split;
 
-/// A dataset written by [`crate::ingest`], opened for reading.
+use crate::schema::{col, INFO_FILE};
+
+/// A dataset written by the ingest stage, opened for reading.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     dir: PathBuf,
@@ -38,37 +40,43 @@ pub struct Record {
     pub pixels: Vec<u8>,
 }
 
-/// Why a dataset could not be read.
+/// Why a dataset could not be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a dataset written by ingest: {reason}")]
+pub enum DatasetError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a dataset written by ingest: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("{}: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error(transparent)]
+    Contract(#[from] contracts::ContractError),
+}
+
+impl DatasetError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        DatasetError::Io { path: path.to_path_buf(), source }
+    }
+    pub(crate) fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {
+        DatasetError::Parquet { path: path.to_path_buf(), source }
+    }
 }
 
 impl Dataset {
     /// Opens the dataset in `dir` (the folder holding `dataset.json`).
-    pub fn open(dir: &Path) -> Result<Dataset, ReadError> {
-        let info_path = dir.join(INFO_FILE);
-        let text =
-            std::fs::read_to_string(&info_path).map_err(|source| ReadError::Io { path: info_path.clone(), source })?;
-        let info: DatasetInfo = serde_json::from_str(&text)
-            .map_err(|e| ReadError::Invalid { path: info_path.clone(), reason: e.to_string() })?;
-        if info.schema_version != SCHEMA_VERSION {
-            return Err(ReadError::Invalid {
-                path: info_path,
-                reason: format!(
-                    "schema version {} (this build reads {SCHEMA_VERSION}); re-run ingest",
-                    info.schema_version
-                ),
-            });
-        }
+    pub fn open(dir: &Path) -> Result<Dataset, DatasetError> {
+        let info: DatasetInfo = contracts::read(&dir.join(INFO_FILE))?;
         for shard in info.splits.values().flat_map(|s| &s.shards) {
             if !dir.join(shard).is_file() {
-                return Err(ReadError::Invalid {
+                return Err(DatasetError::Invalid {
                     path: dir.join(shard),
                     reason: "shard listed in dataset.json is missing".into(),
                 });
@@ -106,7 +114,7 @@ impl Dataset {
     }
 
     /// Every record of a split without pixels: ids, labels, sizes.
-    pub fn index(&self, split: Split) -> Result<Vec<Record>, ReadError> {
+    pub fn index(&self, split: Split) -> Result<Vec<Record>, DatasetError> {
         let mut out = Vec::with_capacity(self.rows(split));
         for batch in self.batches(split, 4096, false) {
             out.extend(batch?);
@@ -127,10 +135,10 @@ pub struct Batches {
 }
 
 impl Batches {
-    fn open_next(&mut self) -> Result<bool, ReadError> {
+    fn open_next(&mut self) -> Result<bool, DatasetError> {
         let Some(path) = self.shards.pop_front() else { return Ok(false) };
-        let parquet = |source| ReadError::Parquet { path: path.clone(), source };
-        let file = File::open(&path).map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        let parquet = |source| DatasetError::Parquet { path: path.clone(), source };
+        let file = File::open(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
         let schema = builder.parquet_schema();
         let wanted: Vec<usize> =
@@ -141,7 +149,7 @@ impl Batches {
         Ok(true)
     }
 
-    fn fill(&mut self) -> Result<(), ReadError> {
+    fn fill(&mut self) -> Result<(), DatasetError> {
         while self.buffer.len() < self.batch_size {
             if self.reader.is_none() && !self.open_next()? {
                 return Ok(());
@@ -150,10 +158,10 @@ impl Batches {
             match reader.next() {
                 Some(Ok(batch)) => {
                     let records = to_records(&batch, self.split)
-                        .map_err(|reason| ReadError::Invalid { path: path.clone(), reason })?;
+                        .map_err(|reason| DatasetError::Invalid { path: path.clone(), reason })?;
                     self.buffer.extend(records);
                 }
-                Some(Err(e)) => return Err(ReadError::Parquet { path: path.clone(), source: e.into() }),
+                Some(Err(e)) => return Err(DatasetError::Parquet { path: path.clone(), source: e.into() }),
                 None => self.reader = None,
             }
         }
@@ -162,7 +170,7 @@ impl Batches {
 }
 
 impl Iterator for Batches {
-    type Item = Result<Vec<Record>, ReadError>;
+    type Item = Result<Vec<Record>, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {

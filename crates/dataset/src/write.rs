@@ -15,11 +15,14 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
-use crate::schema::{self, col, SplitInfo};
-use crate::{IngestError, Split};
+use contracts::dataset::SplitInfo;
+use contracts::Split;
+
+use crate::schema::{self, col};
+use crate::DatasetError;
 
 /// One decoded image ready to be written.
-pub(crate) struct Row {
+pub struct Row {
     pub content_id: String,
     pub rel: String,
     pub label_index: u32,
@@ -28,12 +31,12 @@ pub(crate) struct Row {
     pub stored: RgbImage,
 }
 
-pub(crate) struct Limits {
+pub struct Limits {
     pub rows_per_shard: usize,
     pub rows_per_group: usize,
 }
 
-pub(crate) struct DatasetWriter {
+pub struct DatasetWriter {
     dir: PathBuf,
     classes: Vec<String>,
     spec_json: String,
@@ -56,7 +59,7 @@ impl DatasetWriter {
         DatasetWriter { dir: dir.to_path_buf(), classes, spec_json, limits, splits: BTreeMap::new(), content_hash }
     }
 
-    pub fn push(&mut self, row: Row) -> Result<(), IngestError> {
+    pub fn push(&mut self, row: Row) -> Result<(), DatasetError> {
         self.content_hash.update(format!("{} {} {}\n", row.content_id, row.label_index, row.split).as_bytes());
         let n_classes = self.classes.len();
         let split = row.split;
@@ -75,7 +78,7 @@ impl DatasetWriter {
         Ok(())
     }
 
-    fn flush_group(&mut self, split: Split) -> Result<(), IngestError> {
+    fn flush_group(&mut self, split: Split) -> Result<(), DatasetError> {
         let w = self.splits.get_mut(&split).expect("writer exists for pushed split");
         if w.pending.is_empty() {
             return Ok(());
@@ -83,10 +86,10 @@ impl DatasetWriter {
         if w.writer.is_none() {
             let name = format!("{}-{:05}.parquet", split.as_str(), w.info.shards.len());
             let path = self.dir.join(&name);
-            let file = File::create(&path).map_err(|e| IngestError::io(&path, e))?;
+            let file = File::create(&path).map_err(|e| DatasetError::io(&path, e))?;
             let props = writer_properties(&self.classes, &self.spec_json, split, self.limits.rows_per_group);
             let writer = ArrowWriter::try_new(file, schema::arrow_schema(), Some(props))
-                .map_err(|e| IngestError::parquet(&path, e))?;
+                .map_err(|e| DatasetError::parquet(&path, e))?;
             w.writer = Some(writer);
             w.info.shards.push(name);
         }
@@ -94,12 +97,12 @@ impl DatasetWriter {
         let batch = to_record_batch(&rows, &self.classes, split);
         let writer = w.writer.as_mut().expect("opened above");
         let shard_path = self.dir.join(w.info.shards.last().expect("named above"));
-        writer.write(&batch).map_err(|e| IngestError::parquet(&shard_path, e))?;
-        writer.flush().map_err(|e| IngestError::parquet(&shard_path, e))?;
+        writer.write(&batch).map_err(|e| DatasetError::parquet(&shard_path, e))?;
+        writer.flush().map_err(|e| DatasetError::parquet(&shard_path, e))?;
         w.rows_in_shard += rows.len();
         if w.rows_in_shard >= self.limits.rows_per_shard {
             let writer = w.writer.take().expect("opened above");
-            writer.close().map_err(|e| IngestError::parquet(&shard_path, e))?;
+            writer.close().map_err(|e| DatasetError::parquet(&shard_path, e))?;
             w.rows_in_shard = 0;
         }
         Ok(())
@@ -107,14 +110,14 @@ impl DatasetWriter {
 
     /// Flushes and closes every shard; returns per-split info and the
     /// dataset's content fingerprint.
-    pub fn finish(mut self) -> Result<(BTreeMap<Split, SplitInfo>, String), IngestError> {
+    pub fn finish(mut self) -> Result<(BTreeMap<Split, SplitInfo>, String), DatasetError> {
         let splits: Vec<Split> = self.splits.keys().copied().collect();
         for split in splits {
             self.flush_group(split)?;
             let w = self.splits.get_mut(&split).expect("listed above");
             if let Some(writer) = w.writer.take() {
                 let path = self.dir.join(w.info.shards.last().expect("open writer has a name"));
-                writer.close().map_err(|e| IngestError::parquet(&path, e))?;
+                writer.close().map_err(|e| DatasetError::parquet(&path, e))?;
             }
         }
         let fingerprint = hex::encode(self.content_hash.finalize());

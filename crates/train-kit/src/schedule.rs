@@ -24,6 +24,10 @@ pub enum Schedule {
         #[serde(default)]
         final_lr_ratio: f64,
     },
+    /// Linear warm-up over `warmup_steps` steps from `base / warmup_steps`
+    /// to `base`, then a half cosine from `base` down to `min_lr` at the
+    /// last step: fine-tuning's schedule, counted in steps.
+    CosineSteps { warmup_steps: usize, min_lr: f64 },
     /// Smith's one-cycle policy as in PyTorch's `OneCycleLR` (cosine
     /// annealing, learning rate only): from `base / div_factor` up to the
     /// base rate over the first `pct_start` of training, then down to
@@ -73,6 +77,15 @@ impl Schedule {
                 let pct = ((s - warmup as f64) / span).clamp(0.0, 1.0);
                 cos_anneal(base, base * final_lr_ratio, pct)
             }
+            Schedule::CosineSteps { warmup_steps, min_lr } => {
+                let (step, warmup) = (step as usize, warmup_steps);
+                if step < warmup {
+                    return base * (step + 1) as f64 / warmup as f64;
+                }
+                let span = (total_steps as usize).saturating_sub(warmup).saturating_sub(1).max(1);
+                let progress = ((step - warmup) as f64 / span as f64).clamp(0.0, 1.0);
+                min_lr + (base - min_lr) * 0.5 * (1.0 + (PI * progress).cos())
+            }
             Schedule::OneCycle { pct_start, div_factor, final_div_factor } => {
                 let initial = base / div_factor;
                 let min = initial / final_div_factor;
@@ -108,6 +121,13 @@ impl Schedule {
                     ))
                 } else {
                     Ok(())
+                }
+            }
+            Schedule::CosineSteps { min_lr, .. } => {
+                if min_lr.is_finite() && min_lr >= 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("cosine_steps needs min_lr >= 0, got {min_lr}"))
                 }
             }
             Schedule::OneCycle { pct_start, div_factor, final_div_factor } => {
@@ -177,5 +197,16 @@ mod tests {
         assert_eq!(s, Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 });
         assert!(serde_json::from_str::<Schedule>(r#"{"kind":"step","every_epochs":1}"#).is_err());
         assert!(Schedule::Step { every_epochs: 0, gamma: 0.5 }.validate().is_err());
+    }
+
+    #[test]
+    fn cosine_steps_warms_up_then_decays_to_the_floor() {
+        let s = Schedule::CosineSteps { warmup_steps: 4, min_lr: 0.1 };
+        let rates: Vec<f64> = (0..14).map(|step| s.lr(1.0, step, 7, 14)).collect();
+        assert_eq!(&rates[..4], [0.25, 0.5, 0.75, 1.0]);
+        assert!((rates[4] - 1.0).abs() < 1e-12);
+        assert!(rates[4..].windows(2).all(|w| w[1] <= w[0]));
+        assert!((rates[13] - 0.1).abs() < 1e-12);
+        assert_eq!(Schedule::Constant.lr(0.3, 9, 5, 10), 0.3);
     }
 }

@@ -7,7 +7,7 @@
 //!    `Resize(side)` + `CenterCrop(size)`) or *exact* (Keras
 //!    `load_img(target_size=…)`). The shorter side becomes `side` and the
 //!    longer one `floor(side × long / short)`, as torchvision computes it.
-//!    Resampling is [`ingest::resize`] with [`RESIZE_FILTER`] (bilinear):
+//!    Resampling is [`crate::resize`] with [`RESIZE_FILTER`] (bilinear):
 //!    a convolution resize that widens its kernel when shrinking, like PIL's
 //!    bilinear (torchvision's default for PIL images and for tensors with
 //!    `antialias=True`). Keras' `load_img` defaults to nearest-neighbour; we
@@ -75,10 +75,10 @@ pub fn crop_offsets((width, height): (u32, u32), (crop_w, crop_h): (u32, u32)) -
 pub fn resize_and_crop(img: RgbImage, pre: &Preprocess) -> RgbImage {
     let r = &pre.resize;
     match (r.shorter_side, r.center_crop, r.exact) {
-        (_, _, Some([w, h])) => ingest::resize(img, (w, h), RESIZE_FILTER),
+        (_, _, Some([w, h])) => crate::resize(img, (w, h), RESIZE_FILTER),
         (Some(side), Some([cw, ch]), None) => {
             let size = shorter_side_size(img.dimensions(), side);
-            let resized = ingest::resize(img, size, RESIZE_FILTER);
+            let resized = crate::resize(img, size, RESIZE_FILTER);
             center_crop(&resized, (cw, ch))
         }
         // A validated spec has one of the two forms; anything else keeps the
@@ -142,7 +142,7 @@ pub fn preprocess_into(
         .ok_or(PixelSizeError { width, height, expected, actual: pixels.len() })?;
     let sized = resize_and_crop(img, pre);
     let [iw, ih] = input.size;
-    let sized = if sized.dimensions() == (iw, ih) { sized } else { ingest::resize(sized, (iw, ih), RESIZE_FILTER) };
+    let sized = if sized.dimensions() == (iw, ih) { sized } else { crate::resize(sized, (iw, ih), RESIZE_FILTER) };
     normalise_into(&sized, pre, input.layout, out);
     Ok(())
 }

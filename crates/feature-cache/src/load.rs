@@ -1,11 +1,11 @@
 //! Reading a split's vectors back, with labels and ids, in dataset order:
 //! what the head trains on.
 
-use ingest::{Dataset, Split};
+use dataset::{Dataset, Split};
 use ndarray::Array2;
 
 use crate::cache::{Index, Store};
-use crate::FeaturesError;
+use crate::CacheError;
 
 /// A split's (or a batch's) vectors, one row per image, in dataset order.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,9 +19,9 @@ pub struct SplitFeatures {
 }
 
 /// Every vector of a split, in memory. Fails with
-/// [`FeaturesError::Missing`] when any row is not cached (run extraction
+/// [`CacheError::Missing`] when any row is not cached (run extraction
 /// first). For splits that do not fit in memory, see [`stream_split`].
-pub fn load_split(dataset: &Dataset, store: &Store, split: Split) -> Result<SplitFeatures, FeaturesError> {
+pub fn load_split(dataset: &Dataset, store: &Store, split: Split) -> Result<SplitFeatures, CacheError> {
     let records = dataset.index(split)?;
     let index = store.scan()?;
     let ids: Vec<&str> = records.iter().map(|r| r.content_id.as_str()).collect();
@@ -41,12 +41,12 @@ pub fn stream_split<'s>(
     store: &'s Store,
     split: Split,
     batch_size: usize,
-) -> Result<SplitStream<'s>, FeaturesError> {
+) -> Result<SplitStream<'s>, CacheError> {
     let records = dataset.index(split)?;
     let index = store.scan()?;
     let missing = records.iter().filter(|r| !index.contains(&r.content_id)).count();
     if missing > 0 {
-        return Err(FeaturesError::Missing {
+        return Err(CacheError::Missing {
             store: store.dir().to_path_buf(),
             missing,
             wanted: records.len(),
@@ -83,7 +83,7 @@ impl SplitStream<'_> {
 }
 
 impl Iterator for SplitStream<'_> {
-    type Item = Result<SplitFeatures, FeaturesError>;
+    type Item = Result<SplitFeatures, CacheError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.next >= self.ids.len() {

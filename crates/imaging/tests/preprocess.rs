@@ -3,7 +3,7 @@
 //! crop) and Keras "caffe" (BGR, minus the BGR means, no scaling, NHWC,
 //! exact size).
 
-use features::preprocess::{crop_offsets, input_len, preprocess};
+use imaging::preprocess::{crop_offsets, input_len, preprocess};
 use spec::{ColorOrder, InputSpec, Layout, Preprocess, Resize};
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

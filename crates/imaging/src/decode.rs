@@ -1,4 +1,5 @@
 //! Bytes to upright RGB8 pixels at the stored size. Pure: no file access.
+//! Ingest stores images this way; predict prepares new ones the same way.
 
 use std::io::Cursor;
 
@@ -7,28 +8,34 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use spec::{ResizeFilter, StoredSize};
 
-use crate::RejectKind;
+/// Why bytes did not give an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The bytes could not be read as any format.
+    Unreadable,
+    /// Not an image, or a format we do not take.
+    NotAnImage,
+    /// An image format, but broken or cut off.
+    Corrupt,
+    /// Declares more pixels than allowed.
+    TooLarge,
+}
 
 /// A decoded image, upright, at its stored size.
-pub(crate) struct Decoded {
+pub struct Decoded {
     /// Width and height after EXIF orientation, before resizing.
     pub original: (u32, u32),
     pub stored: RgbImage,
 }
 
 /// Why an image could not be used: a reject kind and a human reason.
-pub(crate) type DecodeError = (RejectKind, String);
+pub type DecodeError = (Failure, String);
 
 const SUPPORTED: [ImageFormat; 6] =
     [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Tiff];
 
 /// Decodes `bytes`, applies EXIF orientation, converts to RGB8 and resizes.
-pub(crate) fn decode(
-    bytes: &[u8],
-    max_pixels: u64,
-    size: StoredSize,
-    filter: ResizeFilter,
-) -> Result<Decoded, DecodeError> {
+pub fn decode(bytes: &[u8], max_pixels: u64, size: StoredSize, filter: ResizeFilter) -> Result<Decoded, DecodeError> {
     let img = decode_upright(bytes, max_pixels)?;
     let original = (img.width(), img.height());
     let stored = resize_to_stored(img, size, filter);
@@ -46,37 +53,36 @@ pub fn resize_to_stored(img: RgbImage, size: StoredSize, filter: ResizeFilter) -
 
 /// Decodes to upright RGB8 at the original size.
 pub fn decode_upright(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| (RejectKind::Unreadable, e.to_string()))?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| (Failure::Unreadable, e.to_string()))?;
     let Some(format) = reader.format() else {
-        return Err((RejectKind::NotAnImage, "not an image: unrecognised file signature".into()));
+        return Err((Failure::NotAnImage, "not an image: unrecognised file signature".into()));
     };
     let name = format_name(format);
     if !SUPPORTED.contains(&format) {
-        return Err((RejectKind::NotAnImage, format!("unsupported image format {name}")));
+        return Err((Failure::NotAnImage, format!("unsupported image format {name}")));
     }
     if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // zune-jpeg fills a cut-off scan with grey instead of failing.
-        return Err((RejectKind::Corrupt, "truncated JPEG: no end-of-image marker after the last scan".into()));
+        return Err((Failure::Corrupt, "truncated JPEG: no end-of-image marker after the last scan".into()));
     }
     // We check the declared size ourselves, against the configured limit, and
     // let allocation follow from it.
     let mut limits = image::Limits::no_limits();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
     reader.limits(limits);
-    let corrupt = |e: image::ImageError| (RejectKind::Corrupt, format!("corrupt or truncated {name}: {e}"));
+    let corrupt = |e: image::ImageError| (Failure::Corrupt, format!("corrupt or truncated {name}: {e}"));
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
         return Err((
-            RejectKind::TooLarge,
+            Failure::TooLarge,
             format!("image too large: declares {w}x{h} = {pixels} pixels, over the limit of {max_pixels} (max_pixels)"),
         ));
     }
     if pixels == 0 {
-        return Err((RejectKind::Corrupt, format!("corrupt {name}: declares a size of {w}x{h}")));
+        return Err((Failure::Corrupt, format!("corrupt {name}: declares a size of {w}x{h}")));
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;

@@ -2,7 +2,7 @@
 //! segments, one folder per [`CacheKey`].
 //!
 //! ```text
-//! ROOT/                                   (default: runtime::cache_dir()/features)
+//! ROOT/                                   (default: contracts::cache_dir()/features)
 //!   tiny-vgg-flatten-f32-3f2a…/           one folder per key (CacheKey::folder_name)
 //!     key.json                            the key, for people and readers
 //!     seg-<nanos>-<pid>-<n>.parquet       committed segments (content_id, embedding)
@@ -41,8 +41,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::key::{CacheKey, Dtype};
-use crate::FeaturesError;
+use contracts::features::{CacheKey, Dtype};
+
+use crate::CacheError;
 
 /// Version of the segment format; in every segment's metadata.
 pub const SEGMENT_SCHEMA_VERSION: &str = "1";
@@ -75,14 +76,14 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     /// Opens (creating if needed) the cache rooted at `root`.
-    pub fn open(root: &Path) -> Result<FeatureCache, FeaturesError> {
-        std::fs::create_dir_all(root).map_err(FeaturesError::io(root))?;
+    pub fn open(root: &Path) -> Result<FeatureCache, CacheError> {
+        std::fs::create_dir_all(root).map_err(CacheError::io(root))?;
         Ok(FeatureCache { root: root.to_path_buf() })
     }
 
-    /// `runtime::cache_dir()/features`: shared by every dataset and experiment.
-    pub fn default_root() -> Result<PathBuf, FeaturesError> {
-        Ok(runtime::cache_dir()?.join("features"))
+    /// `contracts::cache_dir()/features`: shared by every dataset and experiment.
+    pub fn default_root() -> Result<PathBuf, CacheError> {
+        Ok(contracts::cache_dir()?.join("features"))
     }
 
     pub fn root(&self) -> &Path {
@@ -90,14 +91,14 @@ impl FeatureCache {
     }
 
     /// The folder of `key`, created (with its `key.json`) if new.
-    pub fn store(&self, key: &CacheKey) -> Result<Store, FeaturesError> {
+    pub fn store(&self, key: &CacheKey) -> Result<Store, CacheError> {
         let dir = self.root.join(key.folder_name());
-        std::fs::create_dir_all(&dir).map_err(FeaturesError::io(&dir))?;
+        std::fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
         let key_file = dir.join(KEY_FILE);
         match read_key_file(&key_file) {
             Ok(existing) if existing.same_identity(key) => {}
             Ok(existing) => {
-                return Err(FeaturesError::Cache {
+                return Err(CacheError::Cache {
                     path: key_file,
                     reason: format!(
                         "names another key ({}) than its folder name says; move the folder aside",
@@ -114,9 +115,9 @@ impl FeatureCache {
     }
 }
 
-fn read_key_file(path: &Path) -> Result<CacheKey, FeaturesError> {
-    let text = std::fs::read_to_string(path).map_err(FeaturesError::io(path))?;
-    serde_json::from_str(&text).map_err(|e| FeaturesError::Cache { path: path.to_path_buf(), reason: e.to_string() })
+fn read_key_file(path: &Path) -> Result<CacheKey, CacheError> {
+    let text = std::fs::read_to_string(path).map_err(CacheError::io(path))?;
+    serde_json::from_str(&text).map_err(|e| CacheError::Cache { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// A file of a store that was not trusted: why, and where it went.
@@ -193,7 +194,7 @@ impl Store {
 
     /// Opens an existing store folder (one holding `key.json`), for readers
     /// that were handed its path (`features.json` names it).
-    pub fn open(dir: &Path) -> Result<Store, FeaturesError> {
+    pub fn open(dir: &Path) -> Result<Store, CacheError> {
         let key = read_key_file(&dir.join(KEY_FILE))?;
         Ok(Store::with_key(dir.to_path_buf(), key))
     }
@@ -208,7 +209,7 @@ impl Store {
     /// Lists and checks the committed segments, reading only their
     /// `content_id` column. Bad files are moved to `quarantine/` and listed
     /// in [`Index::quarantined`]; their vectors count as missing.
-    pub fn scan(&self) -> Result<Index, FeaturesError> {
+    pub fn scan(&self) -> Result<Index, CacheError> {
         let mut index = Index::default();
         for path in self.segment_files()? {
             match self.check_segment(&path) {
@@ -228,11 +229,11 @@ impl Store {
     }
 
     /// Committed segment files, sorted by name (oldest first).
-    fn segment_files(&self) -> Result<Vec<PathBuf>, FeaturesError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(FeaturesError::io(&self.dir))?;
+    fn segment_files(&self) -> Result<Vec<PathBuf>, CacheError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(CacheError::io(&self.dir))?;
         let mut files = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(FeaturesError::io(&self.dir))?;
+            let entry = entry.map_err(CacheError::io(&self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
             if is_file && name.ends_with(".parquet") && !name.starts_with('.') {
@@ -271,7 +272,7 @@ impl Store {
             return Err(format!(
                 "belongs to another cache key (model {}, {} {}, key {}), not this folder's ({})",
                 key.model,
-                crate::key::pooling_name(key.pooling),
+                key.pooling.name(),
                 key.dtype,
                 key.fingerprint().short(),
                 self.key.fingerprint().short()
@@ -335,7 +336,7 @@ impl Store {
 
     /// Commits one segment holding `vectors` (one row per id, the key's
     /// length, stored in the key's dtype). Returns its path.
-    pub fn append(&self, ids: &[String], vectors: ArrayView2<'_, f32>) -> Result<PathBuf, FeaturesError> {
+    pub fn append(&self, ids: &[String], vectors: ArrayView2<'_, f32>) -> Result<PathBuf, CacheError> {
         assert_eq!(ids.len(), vectors.nrows(), "one vector per id");
         assert_eq!(vectors.ncols(), self.key.embedding_len, "vectors have the key's length");
         let values: Vec<f32> = vectors.iter().copied().collect();
@@ -343,11 +344,7 @@ impl Store {
         self.write_segment(&[batch], ids.len().max(1))
     }
 
-    fn record_batch<'a>(
-        &self,
-        ids: impl Iterator<Item = &'a str>,
-        values: &[f32],
-    ) -> Result<RecordBatch, FeaturesError> {
+    fn record_batch<'a>(&self, ids: impl Iterator<Item = &'a str>, values: &[f32]) -> Result<RecordBatch, CacheError> {
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values(ids));
         let (item, values): (Arc<Field>, ArrayRef) = match self.key.dtype {
             Dtype::F32 => (item_field(DataType::Float32), Arc::new(Float32Array::from(values.to_vec()))),
@@ -357,21 +354,21 @@ impl Store {
             ),
         };
         let list = FixedSizeListArray::try_new(item, self.key.embedding_len as i32, values, None)
-            .map_err(|e| FeaturesError::Cache { path: self.dir.clone(), reason: e.to_string() })?;
+            .map_err(|e| CacheError::Cache { path: self.dir.clone(), reason: e.to_string() })?;
         RecordBatch::try_new(self.schema.clone(), vec![ids, Arc::new(list)])
-            .map_err(|e| FeaturesError::Cache { path: self.dir.clone(), reason: e.to_string() })
+            .map_err(|e| CacheError::Cache { path: self.dir.clone(), reason: e.to_string() })
     }
 
-    fn write_segment(&self, batches: &[RecordBatch], rows_per_group: usize) -> Result<PathBuf, FeaturesError> {
+    fn write_segment(&self, batches: &[RecordBatch], rows_per_group: usize) -> Result<PathBuf, CacheError> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let pid = std::process::id();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("seg-{nanos:020}-{pid}-{n:06}.parquet");
         let path = self.dir.join(&name);
         let partial = self.dir.join(format!(".{name}.{pid}.partial"));
-        let result = (|| -> Result<(), FeaturesError> {
-            let file = File::create(&partial).map_err(FeaturesError::io(&partial))?;
-            let parquet = |source| FeaturesError::Parquet { path: partial.clone(), source };
+        let result = (|| -> Result<(), CacheError> {
+            let file = File::create(&partial).map_err(CacheError::io(&partial))?;
+            let parquet = |source| CacheError::Parquet { path: partial.clone(), source };
             let mut writer =
                 ArrowWriter::try_new(file, self.schema.clone(), Some(self.writer_properties(rows_per_group)))
                     .map_err(parquet)?;
@@ -379,7 +376,7 @@ impl Store {
                 writer.write(batch).map_err(parquet)?;
             }
             writer.close().map_err(parquet)?;
-            std::fs::rename(&partial, &path).map_err(FeaturesError::io(&path))
+            std::fs::rename(&partial, &path).map_err(CacheError::io(&path))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&partial);
@@ -405,11 +402,11 @@ impl Store {
     /// id must be in `index`. A segment that fails to read is moved to
     /// `quarantine/` and reported as an error: run extraction again to
     /// recompute its vectors.
-    pub fn read(&self, index: &Index, ids: &[&str]) -> Result<Array2<f32>, FeaturesError> {
+    pub fn read(&self, index: &Index, ids: &[&str]) -> Result<Array2<f32>, CacheError> {
         self.read_with(index, ids, true)
     }
 
-    fn read_with(&self, index: &Index, ids: &[&str], may_rescan: bool) -> Result<Array2<f32>, FeaturesError> {
+    fn read_with(&self, index: &Index, ids: &[&str], may_rescan: bool) -> Result<Array2<f32>, CacheError> {
         let len = self.key.embedding_len;
         let mut out = Array2::<f32>::zeros((ids.len(), len));
         let mut missing = 0;
@@ -422,7 +419,7 @@ impl Store {
             }
         }
         if missing > 0 {
-            return Err(FeaturesError::Missing {
+            return Err(CacheError::Missing {
                 store: self.dir.clone(),
                 missing,
                 wanted: ids.len(),
@@ -437,14 +434,14 @@ impl Store {
                 // Merged into another segment by a concurrent compaction.
                 Err(ReadFailure::Vanished) if may_rescan => return self.read_with(&self.scan()?, ids, false),
                 Err(ReadFailure::Vanished) => {
-                    return Err(FeaturesError::Cache {
+                    return Err(CacheError::Cache {
                         path: segment.path.clone(),
                         reason: "vanished while being read (another process compacting the cache?); try again".into(),
                     })
                 }
                 Err(ReadFailure::Bad(reason)) => {
                     let q = self.quarantine(&segment.path, reason);
-                    return Err(FeaturesError::Cache {
+                    return Err(CacheError::Cache {
                         path: segment.path.clone(),
                         reason: format!("{q}; run `features` again"),
                     });
@@ -459,7 +456,7 @@ impl Store {
     /// of files. Safe against kills: merged files are committed before the
     /// small ones are removed, and duplicates are harmless. Returns the
     /// number of segments removed.
-    pub fn compact(&self) -> Result<usize, FeaturesError> {
+    pub fn compact(&self) -> Result<usize, CacheError> {
         let index = self.scan()?;
         let small: Vec<&Segment> = index.segments.iter().filter(|s| s.rows < SMALL_SEGMENT_ROWS).collect();
         if small.len() < COMPACT_MIN_SEGMENTS {
@@ -473,13 +470,13 @@ impl Store {
             let file = match File::open(&segment.path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(FeaturesError::Io { path: segment.path.clone(), source: e }),
+                Err(e) => return Err(CacheError::Io { path: segment.path.clone(), source: e }),
             };
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, segment.metadata.clone())
                 .build()
-                .map_err(|source| FeaturesError::Parquet { path: segment.path.clone(), source })?;
+                .map_err(|source| CacheError::Parquet { path: segment.path.clone(), source })?;
             for batch in reader {
-                let batch = batch.map_err(|e| FeaturesError::Cache {
+                let batch = batch.map_err(|e| CacheError::Cache {
                     path: segment.path.clone(),
                     reason: format!("cannot read while compacting: {e}"),
                 })?;
@@ -643,8 +640,8 @@ fn partial_pid(name: &str) -> Option<u32> {
 }
 
 /// Writes a small file via a temporary sibling and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FeaturesError> {
-    atomic_file::write(path, bytes).map_err(|e| FeaturesError::io(&e.path)(e.source))
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    atomic_file::write(path, bytes).map_err(|e| CacheError::io(&e.path)(e.source))
 }
 
 #[cfg(test)]
