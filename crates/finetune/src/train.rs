@@ -26,40 +26,12 @@ use crate::data::{epoch_order, BatchSource};
 use crate::error::{FinetuneError, Result};
 use crate::ort_training::{OrtTraining, SessionConfig, TrainingSession};
 pub use contracts::finetune::{StopReason, TrainConfig};
+pub use train_kit::EpochRecord;
 
 pub const STATE_FILE: &str = "state.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 const STATE_FORMAT: u32 = 1;
-
-/// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based.
-    pub epoch: usize,
-    pub steps: usize,
-    /// Optimizer steps since the start of the run, after this epoch.
-    pub global_step: usize,
-    /// The rate of the epoch's last step.
-    pub learning_rate: f64,
-    /// Mean over the epoch's examples of the per-batch mean loss, weighted by batch size.
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    /// What early stopping and "best" look at: `val_loss`, else `train_loss`.
-    pub monitor: f64,
-    /// Whether this epoch is the best so far.
-    pub best: bool,
-    pub seconds: f64,
-    pub train_examples_per_second: f64,
-    /// Of the epoch's training time, the part spent getting batches (data
-    /// preparation, augmentation, a frozen prefix run as inference). A
-    /// thread preparing the next batch during the step was tried: no faster
-    /// on 2 cores, where both already keep the cores busy.
-    #[serde(default)]
-    pub input_seconds: f64,
-}
 
 /// The best epoch so far.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -259,6 +231,7 @@ pub fn train(
         }
         let record = EpochRecord {
             epoch,
+            epochs: config.epochs,
             steps: steps_per_epoch,
             global_step: state.global_step,
             learning_rate,

@@ -19,7 +19,7 @@ use crate::model::{bias_grad_into, dropout_mask, Deltas, ForwardCache, Mlp};
 use crate::optim::{split_state, Optimizer, OptimizerConfig};
 use crate::Scalar;
 use train_kit::Xoshiro256;
-use train_kit::{argmax_rows, EpochRecord, Monitor};
+use train_kit::{argmax_rows, EpochRecord, Monitor, Tracker};
 
 /// Errors a source of training rows may raise (a streaming reader's I/O).
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
@@ -447,7 +447,7 @@ pub fn fit_model<T: Scalar>(
     let mut x = Array2::<T>::zeros((batch, train.dim()));
     let mut order: Vec<usize> = (0..n).collect();
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize)> = None;
+    let mut tracker = Tracker::default();
     let mut best_model: Option<Mlp<T>> = None;
     let mut stopped_early = false;
 
@@ -476,6 +476,7 @@ pub fn fit_model<T: Scalar>(
             loss_sum += out.loss * indices.len() as f64;
             correct += out.correct;
         }
+        let train_seconds = started.elapsed().as_secs_f64();
         let train_loss = loss_sum / n as f64;
         let train_accuracy = correct as f64 / n as f64;
         let (val_loss, val_accuracy) = match validation.as_deref_mut() {
@@ -493,14 +494,8 @@ pub fn fit_model<T: Scalar>(
             Monitor::TrainLoss => train_loss,
             Monitor::TrainAccuracy => train_accuracy,
         };
-        let delta = config.early_stopping.min_delta;
-        let improved = match best {
-            None => true,
-            Some((b, _)) if monitor.maximise() => value > b + delta,
-            Some((b, _)) => value < b - delta,
-        };
+        let improved = tracker.observe(value, epoch + 1, monitor.maximise(), config.early_stopping.min_delta);
         if improved {
-            best = Some((value, epoch + 1));
             if config.early_stopping.restore_best {
                 best_model = Some(trainer.model().clone());
             }
@@ -509,25 +504,27 @@ pub fn fit_model<T: Scalar>(
             epoch: epoch + 1,
             epochs: config.epochs,
             steps: steps_per_epoch as usize,
-            lr,
+            global_step: (epoch + 1) * steps_per_epoch as usize,
+            learning_rate: lr,
             train_loss,
             train_accuracy,
             val_loss,
             val_accuracy,
+            monitor: value,
             best: improved,
             seconds: started.elapsed().as_secs_f64(),
+            train_examples_per_second: n as f64 / train_seconds.max(1e-9),
+            input_seconds: 0.0,
         };
         on_epoch(&record);
         history.push(record);
-        let since_best = epoch + 1 - best.map_or(0, |(_, e)| e);
-        // Keras's rule: stop once `patience` epochs in a row failed to improve.
-        let out_of_patience = !improved && since_best >= config.early_stopping.patience;
+        let out_of_patience = tracker.out_of_patience(config.early_stopping.patience);
         if config.early_stopping.enabled && out_of_patience && epoch + 1 < config.epochs {
             stopped_early = true;
             break;
         }
     }
-    let best_epoch = best.map_or(history.len(), |(_, e)| e);
+    let best_epoch = tracker.best_epoch().unwrap_or(history.len());
     let model = match best_model {
         Some(m) => m,
         None => trainer.into_model(),
@@ -688,7 +685,7 @@ mod tests {
         let two = train_in_pool(2, &config, &x, &labels, &vx, &vl);
         assert_eq!(one.model, two.model);
         let strip = |h: &[EpochRecord]| -> Vec<EpochRecord> {
-            h.iter().map(|r| EpochRecord { seconds: 0.0, ..r.clone() }).collect()
+            h.iter().map(|r| EpochRecord { seconds: 0.0, train_examples_per_second: 0.0, ..r.clone() }).collect()
         };
         assert_eq!(strip(&one.history), strip(&two.history));
         let other_seed = train_in_pool(2, &HeadConfig { seed: 1, ..config }, &x, &labels, &vx, &vl);
