@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use contracts::features::{CacheKey, Dtype};
 use dataset::{Dataset, Split};
-use feature_cache::{FeatureCache, Quarantined};
+use feature_cache::{FeatureCache, Index, Quarantined, Store};
 use models::ResolvedModel;
 use ndarray::ArrayView2;
 use progress::Progress;
@@ -22,6 +22,7 @@ use runtime::ort;
 use runtime::ort::session::builder::GraphOptimizationLevel;
 use runtime::ort::session::Session;
 use runtime::ort::value::{TensorElementType, TensorRef, ValueType};
+use runtime::{ModelSource, SessionOptions};
 use serde::{Deserialize, Serialize};
 use spec::{Layout, Pooling};
 
@@ -111,31 +112,13 @@ pub fn extract(
     let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, pooling, options.dtype);
     let store = cache.store(&key)?;
     let index = store.scan()?;
-
-    let mut rows = BTreeMap::new();
-    let mut missing: HashSet<String> = HashSet::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut hits = 0;
-    for &split in &splits {
-        let records = dataset.index(split)?;
-        rows.insert(split, records.len());
-        for record in records {
-            if !seen.insert(record.content_id.clone()) {
-                continue;
-            }
-            if index.contains(&record.content_id) {
-                hits += 1;
-            } else {
-                missing.insert(record.content_id);
-            }
-        }
-    }
+    let lookup = look_up(dataset, &splits, &index)?;
     let threads = options.threads.unwrap_or_else(available_cores).max(1);
     let mut summary = ExtractSummary {
-        key: key.clone(),
+        key,
         store: store.dir().to_path_buf(),
-        rows,
-        hits,
+        rows: lookup.rows,
+        hits: lookup.hits,
         computed: 0,
         seconds: 0.0,
         inference_seconds: 0.0,
@@ -143,42 +126,89 @@ pub fn extract(
         quarantined: index.quarantined().to_vec(),
         warnings: Vec::new(),
     };
-    if !missing.is_empty() {
-        let batch_size = options.batch_size.max(1);
+    if !lookup.missing.is_empty() {
+        let job = Job { dataset, model, splits: &splits, missing: &lookup.missing, pooling, threads, store: &store };
+        (summary.computed, summary.inference_seconds) = job.run(options.batch_size.max(1), progress)?;
+        // Merging small segments only saves files; the vectors are committed.
+        if let Err(e) = store.compact() {
+            summary.warnings.push(format!("compacting the cache failed (harmless): {e}"));
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// What the cache holds of the chosen splits.
+struct Lookup {
+    /// Rows per split.
+    rows: BTreeMap<Split, usize>,
+    /// Distinct content ids the cache lacks.
+    missing: HashSet<String>,
+    /// Distinct content ids already cached.
+    hits: usize,
+}
+
+/// Reads the splits' index columns (no pixels) and checks each distinct
+/// content id against the cache's index. An image in several splits counts once.
+fn look_up(dataset: &Dataset, splits: &[Split], index: &Index) -> Result<Lookup, FeaturesError> {
+    let mut lookup = Lookup { rows: BTreeMap::new(), missing: HashSet::new(), hits: 0 };
+    let mut seen: HashSet<String> = HashSet::new();
+    for &split in splits {
+        let records = dataset.index(split)?;
+        lookup.rows.insert(split, records.len());
+        for record in records {
+            if !seen.insert(record.content_id.clone()) {
+                continue;
+            }
+            if index.contains(&record.content_id) {
+                lookup.hits += 1;
+            } else {
+                lookup.missing.insert(record.content_id);
+            }
+        }
+    }
+    Ok(lookup)
+}
+
+/// The missing vectors of one extraction and where they go.
+struct Job<'a> {
+    dataset: &'a Dataset,
+    model: &'a ResolvedModel,
+    splits: &'a [Split],
+    missing: &'a HashSet<String>,
+    pooling: Pooling,
+    threads: usize,
+    store: &'a Store,
+}
+
+impl Job<'_> {
+    /// Runs the producer thread and inference on this one, committing one
+    /// segment per batch. Returns the rows computed and the inference time.
+    fn run(&self, batch_size: usize, progress: &dyn Progress) -> Result<(usize, f64), FeaturesError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Batch, FeaturesError>>(2);
-        let total = missing.len();
-        let (computed, inference_seconds) = std::thread::scope(|scope| {
-            let producer_splits = &splits;
-            let missing = &missing;
-            scope.spawn(move || produce(dataset, model, producer_splits, missing, batch_size, tx));
+        std::thread::scope(|scope| {
+            scope.spawn(move || produce(self.dataset, self.model, self.splits, self.missing, batch_size, tx));
             // The session is built while the producer prepares the first batch.
-            let mut conv_base = ConvBase::open(model, pooling, threads)?;
-            progress.start("extracting", total as u64);
+            let mut conv_base = ConvBase::open(self.model, self.pooling, self.threads)?;
+            let embedding_len = self.store.key().embedding_len;
+            progress.start("extracting", self.missing.len() as u64);
             let mut computed = 0;
             let mut first: Option<Instant> = None;
             for batch in rx {
                 let batch = batch?;
                 first.get_or_insert_with(Instant::now);
                 let vectors = conv_base.run(&batch.input, batch.ids.len())?;
-                let view = ArrayView2::from_shape((batch.ids.len(), key.embedding_len), &vectors)
+                let view = ArrayView2::from_shape((batch.ids.len(), embedding_len), &vectors)
                     .expect("pooled vectors have the key's length");
-                store.append(&batch.ids, view)?;
+                self.store.append(&batch.ids, view)?;
                 computed += batch.ids.len();
                 progress.advance(batch.ids.len() as u64);
             }
             progress.finish();
             let inference_seconds = first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-            Ok::<_, FeaturesError>((computed, inference_seconds))
-        })?;
-        summary.computed = computed;
-        summary.inference_seconds = inference_seconds;
-        match store.compact() {
-            Ok(_) => {}
-            Err(e) => summary.warnings.push(format!("compacting the cache failed (harmless): {e}")),
-        }
+            Ok((computed, inference_seconds))
+        })
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 fn available_cores() -> usize {
@@ -242,13 +272,13 @@ fn produce(
                 let start = batch.input.len();
                 batch.input.resize(start + per_image, 0.0);
                 let size = (record.stored_width, record.stored_height);
-                if let Err(e) =
+                if let Err(source) =
                     preprocess_into(&record.pixels, size, &spec.preprocess, &spec.input, &mut batch.input[start..])
                 {
                     let _ = tx.send(Err(FeaturesError::BadRecord {
                         dataset: dataset.dir().to_path_buf(),
                         content_id: record.content_id,
-                        message: e.to_string(),
+                        source,
                     }));
                     return;
                 }
@@ -273,8 +303,8 @@ pub struct ConvBase<'m> {
     pooling: Pooling,
 }
 
-fn ort_error(path: &Path) -> impl Fn(String) -> FeaturesError + '_ {
-    move |message| FeaturesError::Ort { model: path.to_path_buf(), message }
+fn ort_error(path: &Path) -> impl Fn(ort::Error) -> FeaturesError + '_ {
+    move |source| FeaturesError::Ort { model: path.to_path_buf(), source }
 }
 
 impl<'m> ConvBase<'m> {
@@ -284,19 +314,9 @@ impl<'m> ConvBase<'m> {
     /// name, element type and layout (3 channels on the spec's channel
     /// axis), and that the conv-base output exists.
     pub fn open(model: &'m ResolvedModel, pooling: Pooling, threads: usize) -> Result<ConvBase<'m>, FeaturesError> {
-        let environment = runtime::init_ort()?;
-        let path = &model.conv_base;
-        let err = ort_error(path);
-        let session = Session::builder(environment)
-            .map_err(|e| err(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| err(e.to_string()))?
-            .with_intra_threads(threads)
-            .map_err(|e| err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| err(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| err(e.to_string()))?;
+        let options =
+            SessionOptions::default().optimization(GraphOptimizationLevel::All).intra_threads(threads).inter_threads(1);
+        let session = runtime::open_session(&options, ModelSource::File(&model.conv_base))?;
         let runner = ConvBase { session, model, pooling };
         runner.check_input()?;
         runner.check_output()?;
@@ -385,11 +405,10 @@ impl<'m> ConvBase<'m> {
             Layout::Nhwc => [n, h, w, 3],
         };
         let err = ort_error(&self.model.conv_base);
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| err(e.to_string()))?;
-        let outputs =
-            self.session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(|e| err(e.to_string()))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(&err)?;
+        let outputs = self.session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(&err)?;
         let value = &outputs[spec.conv_base.output.as_str()];
-        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
         let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
         let expected = spec.conv_base.shape;
         if dims.len() != 4 || dims[0] != n || dims[1..] != expected {

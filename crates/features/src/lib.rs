@@ -48,8 +48,12 @@ pub enum FeaturesError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
 
-    #[error("{}: ONNX Runtime: {message}", model.display())]
-    Ort { model: PathBuf, message: String },
+    #[error("{}: ONNX Runtime: {source}", model.display())]
+    Ort {
+        model: PathBuf,
+        #[source]
+        source: runtime::ort::Error,
+    },
 
     #[error("{} (model '{name}'): {message}; fix [input] in the model spec or use the model it was written for", model.display())]
     Input { model: PathBuf, name: String, message: String },
@@ -71,8 +75,13 @@ pub enum FeaturesError {
     )]
     EmptySplit { dataset: PathBuf, split: dataset::Split, rows: String },
 
-    #[error("dataset {}: row {content_id}: {message}; re-ingest the dataset", dataset.display())]
-    BadRecord { dataset: PathBuf, content_id: String, message: String },
+    #[error("dataset {}: row {content_id}: {source}; re-ingest the dataset", dataset.display())]
+    BadRecord {
+        dataset: PathBuf,
+        content_id: String,
+        #[source]
+        source: imaging::preprocess::PixelSizeError,
+    },
 
     #[error(transparent)]
     Cache(#[from] feature_cache::CacheError),

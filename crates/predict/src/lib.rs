@@ -33,10 +33,11 @@ use rayon::prelude::*;
 use runtime::ort;
 use runtime::ort::session::builder::GraphOptimizationLevel;
 use runtime::ort::session::Session;
+use runtime::{ModelSource, SessionOptions};
 use spec::{InferenceMetadata, Layout, MetadataError};
 
 pub use inputs::{collect_images, is_image_path};
-pub use output::{write_atomically, Format};
+pub use output::Format;
 
 /// The model file's name inside a folder given as the model path.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -48,14 +49,16 @@ pub const FINETUNE_MODEL: &str = "finetune/model.onnx";
 pub enum PredictError {
     #[error("no model at {0} (looked for the file itself, {MODEL_FILE} and {FINETUNE_MODEL} inside it)")]
     ModelMissing(PathBuf),
-    #[error("cannot read the model {path}: {message}")]
-    ModelRead { path: PathBuf, message: String },
+    #[error("cannot read the model {path}: {source}")]
+    ModelRead {
+        path: PathBuf,
+        #[source]
+        source: onnx_graph::GraphError,
+    },
     #[error("the model {path} lacks inference metadata: {source}")]
     Metadata { path: PathBuf, source: MetadataError },
     #[error("the model {path} does not match its metadata: {message}")]
     Mismatch { path: PathBuf, message: String },
-    #[error("ONNX Runtime, model {path}: {message}")]
-    Ort { path: PathBuf, message: String },
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
 }
@@ -115,7 +118,7 @@ pub fn find_model(path: &Path) -> Result<PathBuf> {
 /// Reads the inference metadata of a model file (no ONNX Runtime).
 pub fn read_metadata(model: &Path) -> Result<InferenceMetadata> {
     let proto = onnx_graph::read_model(model)
-        .map_err(|e| PredictError::ModelRead { path: model.to_path_buf(), message: e.to_string() })?;
+        .map_err(|source| PredictError::ModelRead { path: model.to_path_buf(), source })?;
     metadata_of(model, &proto)
 }
 
@@ -193,11 +196,11 @@ impl Predictor {
     /// names (when its shape says).
     pub fn load(model: &Path, threads: usize) -> Result<Predictor> {
         let path = find_model(model)?;
-        let proto = onnx_graph::read_model(&path)
-            .map_err(|e| PredictError::ModelRead { path: path.clone(), message: e.to_string() })?;
+        let unreadable = |source| PredictError::ModelRead { path: path.clone(), source };
+        let proto = onnx_graph::read_model(&path).map_err(unreadable)?;
         let metadata = metadata_of(&path, &proto)?;
         let mismatch = |message: String| PredictError::Mismatch { path: path.clone(), message };
-        let graph_inputs = onnx_graph::inputs(&proto).map_err(|e| mismatch(e.to_string()))?;
+        let graph_inputs = onnx_graph::inputs(&proto).map_err(unreadable)?;
         let input_names: Vec<&str> = graph_inputs.iter().map(|i| i.name.as_str()).collect();
         if input_names != [metadata.input.name.as_str()] {
             return Err(mismatch(format!(
@@ -205,7 +208,7 @@ impl Predictor {
                 metadata.input.name
             )));
         }
-        let output = match onnx_graph::outputs(&proto).map_err(|e| mismatch(e.to_string()))?.as_slice() {
+        let output = match onnx_graph::outputs(&proto).map_err(unreadable)?.as_slice() {
             [output] => output.clone(),
             other => return Err(mismatch(format!("the graph has {} outputs, expected one", other.len()))),
         };
@@ -221,16 +224,8 @@ impl Predictor {
         let output_name = output.name;
         drop(proto);
 
-        let environment = runtime::init_ort()?;
-        let ort_error = |e: &dyn std::fmt::Display| PredictError::Ort { path: path.clone(), message: e.to_string() };
-        let mut builder = Session::builder(environment)
-            .map_err(|e| ort_error(&e))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| ort_error(&e))?;
-        if threads > 0 {
-            builder = builder.with_intra_threads(threads).map_err(|e| ort_error(&e))?;
-        }
-        let session = builder.commit_from_file(&path).map_err(|e| ort_error(&e))?;
+        let options = SessionOptions::default().optimization(GraphOptimizationLevel::All).intra_threads(threads);
+        let session = runtime::open_session(&options, ModelSource::File(&path))?;
         Ok(Predictor { session, metadata, path, output_name, max_pixels: spec::DEFAULT_MAX_PIXELS })
     }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use predict::{collect_images, output, write_atomically, Format, Prediction};
+use predict::{collect_images, output, Format, Prediction};
 
 /// Predict the classes of images with a fine-tuned model.onnx, preprocessing
 /// them as the training images were (EXIF orientation, stored size, the
@@ -91,7 +91,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     let text = output::render(args.format, &predictions, &metadata.class_names, args.top_k as usize);
     match &args.output {
-        Some(path) => write_atomically(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => atomic_file::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
         None => {
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&text).and_then(|()| stdout.flush()).context("cannot write to stdout")?;

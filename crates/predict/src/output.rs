@@ -1,6 +1,6 @@
 //! Writing predictions: a human-readable table, CSV (`path,rank,class,probability`)
-//! or JSON (`[{path, top_k: [{class, probability}]}]`); to stdout or
-//! atomically to a file.
+//! or JSON (`[{path, top_k: [{class, probability}]}]`), rendered as text;
+//! the binary prints it or writes it with `atomic_file::write`.
 
 use std::path::Path;
 
@@ -92,13 +92,6 @@ fn render_table(predictions: &[Prediction], class_names: &[String], k: usize) ->
     out
 }
 
-/// Writes `bytes` to `path` through a temporary sibling renamed into place,
-/// so that `path` holds the old content or the new, never half of it.
-/// Creates the parent folder if needed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), atomic_file::WriteError> {
-    atomic_file::write(path, bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,15 +124,5 @@ mod tests {
         );
         let table = String::from_utf8(render(Format::Table, &predictions, &classes, 3)).unwrap();
         assert!(table.starts_with("a/x.png\n   1. dogs  0.5000\n   2. cats  0.2500\n   3. owls  0.2500\n"), "{table}");
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_partial() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/out.csv");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 }

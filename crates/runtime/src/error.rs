@@ -18,11 +18,29 @@ pub enum RuntimeError {
     #[error("ORT_DYLIB_PATH is {path}, which is not a file; unset it or point it at a libonnxruntime.so")]
     OrtDylibPathMissing { path: PathBuf },
 
-    #[error("cannot load ONNX Runtime from {path}: {message}; {SETUP_HINT}, or check ORT_DYLIB_PATH")]
-    OrtLoad { path: PathBuf, message: String },
+    #[error("cannot load ONNX Runtime from {path}: {source}; {SETUP_HINT}, or check ORT_DYLIB_PATH")]
+    OrtLoad {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("ONNX Runtime cannot open the model {}: {source}", model.display())]
+    Session {
+        model: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
 
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+
+    #[error("cannot run `{command}`: {source}; is Python with pip on the PATH, or TL_PYTHON set?")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("`{command}` failed ({status}); is Python with pip on the PATH, or TL_PYTHON set? Its output:\n{output}")]
     Command { command: String, status: String, output: String },
@@ -30,8 +48,13 @@ pub enum RuntimeError {
     #[error("{file} has SHA-256 {actual}, expected {expected}; the download is corrupt or not the pinned one")]
     Checksum { file: String, expected: String, actual: String },
 
-    #[error("cannot read {member} from the wheel {wheel}: {message}")]
-    Wheel { wheel: PathBuf, member: String, message: String },
+    #[error("cannot read {member} from the wheel {wheel}: {source}")]
+    Wheel {
+        wheel: PathBuf,
+        member: String,
+        #[source]
+        source: zip::result::ZipError,
+    },
 
     #[error("{0}")]
     Python(String),

@@ -15,6 +15,7 @@
 mod cache;
 mod error;
 mod ort_library;
+mod session;
 mod venv;
 
 use std::sync::{Mutex, OnceLock};
@@ -27,13 +28,14 @@ pub use cache::cache_dir;
 pub use error::RuntimeError;
 pub use ort::environment::Environment;
 pub use ort_library::{ensure_ort_library, install_ort_from_wheel, ort_library, ort_library_cache_path, pinned};
+pub use session::{open_session, ModelSource, SessionOptions};
 pub use venv::{ensure_training_venv, training_venv_path, TrainingVenv};
 
 /// The environment variable naming a `libonnxruntime.so` to use instead of
 /// the cached one (also read by `ort` itself).
 pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
 /// The environment variable that overrides the cache folder.
-pub const TL_CACHE_DIR: &str = "TL_CACHE_DIR";
+pub use contracts::TL_CACHE_DIR;
 /// The environment variable naming the Python interpreter used to run pip
 /// (default `python3`).
 pub const TL_PYTHON: &str = "TL_PYTHON";
@@ -42,7 +44,7 @@ pub const SETUP_HINT: &str = "run `cargo xtask setup`";
 
 /// Loads ONNX Runtime ([`ort_library`]) into `ort` and creates the
 /// process's ONNX Runtime environment, once; later calls return the same
-/// environment. Sessions are made with `ort::session::Session::builder(env)`.
+/// environment. Stages open sessions with [`open_session`].
 pub fn init_ort() -> Result<&'static Environment, RuntimeError> {
     static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
     static INIT: Mutex<()> = Mutex::new(());
@@ -56,12 +58,13 @@ pub fn init_ort() -> Result<&'static Environment, RuntimeError> {
         return Ok(environment);
     }
     let library = ort_library()?;
-    let load_error = |message: String| RuntimeError::OrtLoad { path: library.clone(), message };
+    let load_error =
+        |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError::OrtLoad { path: library.clone(), source };
     let environment = ort::init_from(&library)
-        .map_err(|e| load_error(e.to_string()))?
+        .map_err(|e| load_error(e.into()))?
         .with_name("tl-vision")
         .with_telemetry(false)
         .build()
-        .map_err(|e| load_error(e.to_string()))?;
+        .map_err(|e| load_error(e.into()))?;
     Ok(ENVIRONMENT.get_or_init(|| environment))
 }

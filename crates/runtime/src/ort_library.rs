@@ -129,13 +129,15 @@ fn install_from_wheel(
     let wheel_bytes = std::fs::read(wheel).map_err(RuntimeError::io("cannot read", wheel))?;
     check_sha256(&file_label(wheel), &wheel_bytes, wheel_sha256)?;
 
-    let wheel_error =
-        |message: String| RuntimeError::Wheel { wheel: wheel.to_owned(), member: member.to_owned(), message };
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(wheel_bytes)).map_err(|e| wheel_error(e.to_string()))?;
-    let mut entry = archive.by_name(member).map_err(|e| wheel_error(e.to_string()))?;
+    let wheel_error = |source: zip::result::ZipError| RuntimeError::Wheel {
+        wheel: wheel.to_owned(),
+        member: member.to_owned(),
+        source,
+    };
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel_bytes)).map_err(wheel_error)?;
+    let mut entry = archive.by_name(member).map_err(wheel_error)?;
     let mut library = Vec::with_capacity(entry.size() as usize);
-    entry.read_to_end(&mut library).map_err(|e| wheel_error(e.to_string()))?;
+    entry.read_to_end(&mut library).map_err(|e| wheel_error(e.into()))?;
     check_sha256(member, &library, member_sha256)?;
 
     let folder = destination.parent().expect("the destination is a file in a folder");

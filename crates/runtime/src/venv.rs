@@ -135,11 +135,7 @@ fn find_python() -> Result<OsString, RuntimeError> {
 /// Runs a command, returning its stdout, or an error carrying its output.
 pub(crate) fn run(command: &mut Command) -> Result<String, RuntimeError> {
     let shown = format!("{command:?}");
-    let output = command.output().map_err(|e| RuntimeError::Command {
-        command: shown.clone(),
-        status: e.to_string(),
-        output: String::new(),
-    })?;
+    let output = command.output().map_err(|source| RuntimeError::Spawn { command: shown.clone(), source })?;
     if !output.status.success() {
         return Err(RuntimeError::Command {
             command: shown,

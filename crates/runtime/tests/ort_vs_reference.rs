@@ -9,6 +9,7 @@ use onnx_graph::reference::{self, Tensor};
 use onnx_graph::vgg::{self, VggConfig};
 use onnx_graph::{encode_model, ModelProto};
 use ort::session::Session;
+use runtime::{ModelSource, SessionOptions};
 use sha2::{Digest, Sha256};
 
 const SEED: u64 = 20240607;
@@ -21,10 +22,10 @@ fn environment() -> &'static runtime::Environment {
 }
 
 fn session(model: &ModelProto) -> Session {
-    let build = || -> ort::Result<Session> {
-        Session::builder(environment())?.with_intra_threads(1)?.commit_from_memory(&encode_model(model))
-    };
-    build().unwrap_or_else(|e| panic!("ONNX Runtime refused the model: {e}"))
+    environment();
+    let options = SessionOptions::default().intra_threads(1);
+    runtime::open_session(&options, ModelSource::Memory(&encode_model(model)))
+        .unwrap_or_else(|e| panic!("ONNX Runtime refused the model: {e}"))
 }
 
 /// Runs `model` on one input and returns the named outputs.
