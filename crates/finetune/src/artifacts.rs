@@ -14,7 +14,7 @@ use std::time::Instant;
 use onnx_graph::ModelProto;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{FinetuneError, Result, RunError, SetupError};
 use crate::ort_training::{Loss, ModelFiles, OptimizerKind, OrtTraining, TRAINING_API_VERSION};
 use crate::select::ParameterSplit;
 
@@ -87,10 +87,8 @@ impl Artifacts {
     pub fn open(dir: &Path) -> Result<Artifacts> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(FinetuneError::io("cannot read", &path))?;
-        let manifest: ArtifactsManifest = serde_json::from_str(&text).map_err(|e| FinetuneError::Run {
-            path: path.clone(),
-            message: format!("not an artifacts manifest: {e}"),
-        })?;
+        let manifest: ArtifactsManifest =
+            serde_json::from_str(&text).map_err(|source| RunError::Manifest { path: path.clone(), source })?;
         Ok(Artifacts { dir: dir.to_owned(), manifest, generated: false })
     }
 }
@@ -124,13 +122,12 @@ pub fn ensure_artifacts(ort: &OrtTraining, root: &Path, request: &ArtifactReques
         if existing.manifest.fingerprint == fingerprint.0 {
             return Ok(existing);
         }
-        return Err(FinetuneError::Run {
+        return Err(RunError::OtherArtifacts {
             path: dir,
-            message: format!(
-                "holds artifacts with fingerprint {}, not {}; remove the folder",
-                existing.manifest.fingerprint, fingerprint.0
-            ),
-        });
+            found: existing.manifest.fingerprint,
+            expected: fingerprint.0,
+        }
+        .into());
     }
 
     std::fs::create_dir_all(root).map_err(FinetuneError::io("cannot create", root))?;
@@ -207,10 +204,10 @@ fn endpoints(model: &ModelProto) -> Result<(String, String)> {
     let outputs = onnx_graph::outputs(model)?;
     match (inputs.as_slice(), outputs.as_slice()) {
         ([input], [output]) => Ok((input.name.clone(), output.name.clone())),
-        _ => Err(FinetuneError::Config(format!(
-            "a graph to train must have one input and one output (the logits); this one has inputs {:?} and outputs {:?}",
-            inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
-            outputs.iter().map(|o| &o.name).collect::<Vec<_>>()
-        ))),
+        _ => Err(SetupError::Endpoints {
+            inputs: inputs.iter().map(|i| i.name.clone()).collect(),
+            outputs: outputs.iter().map(|o| o.name.clone()).collect(),
+        }
+        .into()),
     }
 }

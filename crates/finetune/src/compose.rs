@@ -11,7 +11,7 @@ use onnx_graph::shape::{self, Dim};
 use onnx_graph::{graph, graph_mut, set_metadata, tensor};
 use spec::{Layout, Pooling};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{FinetuneError, HeadError, Result, SetupError};
 
 /// The composed graph's output: class scores before softmax.
 pub const LOGITS: &str = "logits";
@@ -52,11 +52,7 @@ impl DenseLayer {
     /// `head` crate's `Dense`), transposed into this layout.
     pub fn from_out_in(weight: &[f32], outputs: usize, inputs: usize, bias: Vec<f32>) -> Result<DenseLayer> {
         if weight.len() != outputs * inputs {
-            return Err(FinetuneError::Head(format!(
-                "weight has {} values, not {outputs} x {inputs} = {}",
-                weight.len(),
-                outputs * inputs
-            )));
+            return Err(HeadError::WeightCount { values: weight.len(), outputs, inputs }.into());
         }
         let mut transposed = vec![0.0; weight.len()];
         for o in 0..outputs {
@@ -155,22 +151,13 @@ pub struct Composed {
 /// Composes conv base + pooling + head into one graph (see the module doc).
 pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions) -> Result<Composed> {
     if conv_base.ir_version > MAX_TRAINING_IR_VERSION {
-        return Err(FinetuneError::Config(format!(
-            "the conv base has ONNX IR version {}, and ONNX Runtime 1.19 (the training API) reads at most {}; \
-             re-export it with onnx 1.17 or earlier",
-            conv_base.ir_version, MAX_TRAINING_IR_VERSION
-        )));
+        return Err(SetupError::IrVersion { found: conv_base.ir_version, max: MAX_TRAINING_IR_VERSION }.into());
     }
     let outputs = onnx_graph::outputs(conv_base)?;
     let base_output = match &options.conv_base_output {
         Some(name) => name.clone(),
         None if outputs.len() == 1 => outputs[0].name.clone(),
-        None => {
-            return Err(FinetuneError::Config(format!(
-                "the conv base has {} outputs; say which one ends the conv base",
-                outputs.len()
-            )))
-        }
+        None => return Err(SetupError::BaseOutputs { count: outputs.len() }.into()),
     };
     let mut model = if outputs.len() == 1 && outputs[0].name == base_output {
         conv_base.clone()
@@ -179,10 +166,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     };
     let inputs = onnx_graph::inputs(&model)?;
     let [image] = inputs.as_slice() else {
-        return Err(FinetuneError::Config(format!(
-            "the conv base must have exactly one input (the image); it has {:?}",
-            inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
-        )));
+        return Err(SetupError::ImageInputs { names: inputs.iter().map(|i| i.name.clone()).collect() }.into());
     };
     let image_input = image.name.clone();
     let batch_dim = image.dims.as_ref().and_then(|d| d.first().cloned()).unwrap_or(Dim::Unknown);
@@ -192,7 +176,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     let expected_len = options.feature_len.or(inferred_len);
     let layers = head_layers(head, options, expected_len)?;
     check_layers(&layers, expected_len)?;
-    let classes = layers.last().expect("checked: at least one layer").outputs();
+    let classes = layers.last().ok_or(HeadError::NoLayers)?.outputs();
 
     let head_params = append_head(graph_mut(&mut model)?, &base_output, options.pooling, &layers)?;
     let graph = graph_mut(&mut model)?;
@@ -249,13 +233,7 @@ fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<us
         HeadInit::Trained(layers) => Ok(layers.clone()),
         HeadInit::Random { .. } if !options.allow_random_head => Err(FinetuneError::RandomHeadRefused),
         HeadInit::Random { hidden, classes, seed } => {
-            let mut inputs = feature_len.ok_or_else(|| {
-                FinetuneError::Head(
-                    "cannot size a random head: the conv base's output shape is not known; \
-                     give ComposeOptions::feature_len"
-                        .into(),
-                )
-            })?;
+            let mut inputs = feature_len.ok_or(HeadError::Unsized)?;
             let mut layers = Vec::new();
             for (index, &outputs) in hidden.iter().chain(std::iter::once(classes)).enumerate() {
                 let name = format!("{HEAD_PREFIX}dense{index}.weight");
@@ -270,40 +248,29 @@ fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<us
 
 fn check_layers(layers: &[DenseLayer], feature_len: Option<usize>) -> Result<()> {
     if layers.is_empty() {
-        return Err(FinetuneError::Head("the head has no layers".into()));
+        return Err(HeadError::NoLayers.into());
     }
     for (index, layer) in layers.iter().enumerate() {
         let [inputs, outputs] = layer.dims;
         if inputs == 0 || outputs == 0 {
-            return Err(FinetuneError::Head(format!("layer {index} has dims {:?}", layer.dims)));
+            return Err(HeadError::ZeroDims { layer: index, dims: layer.dims }.into());
         }
         if layer.weight.len() != inputs * outputs || layer.bias.len() != outputs {
-            return Err(FinetuneError::Head(format!(
-                "layer {index} is [{inputs}, {outputs}] but has {} weights and {} biases",
-                layer.weight.len(),
-                layer.bias.len()
-            )));
+            let (weights, biases) = (layer.weight.len(), layer.bias.len());
+            return Err(HeadError::Sizes { layer: index, inputs, outputs, weights, biases }.into());
         }
         if layer.weight.iter().chain(&layer.bias).any(|v| !v.is_finite()) {
-            return Err(FinetuneError::Head(format!("layer {index} holds NaN or infinite values")));
+            return Err(HeadError::NonFinite { layer: index }.into());
         }
         if let Some(previous) = index.checked_sub(1).map(|i| &layers[i]) {
             if previous.outputs() != inputs {
-                return Err(FinetuneError::Head(format!(
-                    "layer {} has {} outputs but layer {index} takes {inputs} inputs",
-                    index - 1,
-                    previous.outputs()
-                )));
+                return Err(HeadError::Chain { layer: index, previous_outputs: previous.outputs(), inputs }.into());
             }
         }
     }
     if let Some(expected) = feature_len {
         if layers[0].inputs() != expected {
-            return Err(FinetuneError::Head(format!(
-                "the head takes {} inputs but the conv base gives {expected} features (after pooling); \
-                 was the head trained on another model, pooling or input size?",
-                layers[0].inputs()
-            )));
+            return Err(HeadError::FeatureLen { head_inputs: layers[0].inputs(), features: expected }.into());
         }
     }
     Ok(())
@@ -313,12 +280,16 @@ fn check_layers(layers: &[DenseLayer], feature_len: Option<usize>) -> Result<()>
 /// checks that every dim but the batch is fixed.
 fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOptions) -> Result<()> {
     let graph = graph_mut(model)?;
-    let value_info = graph.input.iter_mut().find(|v| v.name == input).expect("the input exists");
+    let value_info = graph
+        .input
+        .iter_mut()
+        .find(|v| v.name == input)
+        .ok_or_else(|| onnx_graph::GraphError::UnknownTensor(input.to_owned()))?;
     let mut dims = shape::tensor_info(value_info)
         .and_then(|info| info.dims)
-        .ok_or_else(|| FinetuneError::Config(format!("the image input {input:?} has no known rank")))?;
+        .ok_or_else(|| SetupError::UnknownRank { input: input.to_owned() })?;
     if dims.len() != 4 {
-        return Err(FinetuneError::Config(format!("the image input {input:?} has rank {}, not 4", dims.len())));
+        return Err(SetupError::Rank { input: input.to_owned(), rank: dims.len() }.into());
     }
     if let Some([width, height]) = options.input_size {
         let (h_axis, w_axis) = match options.input_layout {
@@ -328,9 +299,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
         for (axis, size) in [(h_axis, height), (w_axis, width)] {
             match &dims[axis] {
                 Dim::Fixed(fixed) if *fixed != i64::from(size) => {
-                    return Err(FinetuneError::Config(format!(
-                        "the image input {input:?} has size {fixed} on axis {axis}, the spec says {size}"
-                    )))
+                    return Err(SetupError::ImageSize { input: input.to_owned(), axis, fixed: *fixed, size }.into())
                 }
                 _ => dims[axis] = Dim::Fixed(i64::from(size)),
             }
@@ -339,12 +308,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
     }
     if dims.iter().skip(1).any(|d| d.fixed().is_none()) {
         let shown: Vec<String> = dims.iter().map(ToString::to_string).collect();
-        return Err(FinetuneError::Config(format!(
-            "the image input {input:?} has dims [{}]; training needs fixed channel and spatial dims \
-             (ONNX Runtime 1.19's training session crashes on symbolic height and width): \
-             set ComposeOptions::input_size (the model spec's input.size)",
-            shown.join(", ")
-        )));
+        return Err(SetupError::SymbolicImage { input: input.to_owned(), dims: shown.join(", ") }.into());
     }
     Ok(())
 }

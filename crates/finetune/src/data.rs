@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, Result};
 
 /// One batch: inputs `[n, ...]` (f32, standard layout; NCHW images, or
 /// cached activations) and integer class labels.
@@ -39,14 +39,10 @@ impl InMemory {
     pub fn new(inputs: ArrayD<f32>, labels: Vec<i64>) -> Result<InMemory> {
         let rows = inputs.shape().first().copied().unwrap_or(0);
         if inputs.ndim() < 2 || rows != labels.len() {
-            return Err(FinetuneError::Data(format!(
-                "inputs of shape {:?} do not match {} labels (the first axis is the example)",
-                inputs.shape(),
-                labels.len()
-            )));
+            return Err(DataError::InputsLabels { shape: inputs.shape().to_vec(), labels: labels.len() }.into());
         }
         if let Some(label) = labels.iter().find(|&&l| l < 0) {
-            return Err(FinetuneError::Data(format!("label {label} is negative")));
+            return Err(DataError::NegativeLabel { label: *label }.into());
         }
         Ok(InMemory { inputs, labels })
     }
@@ -67,7 +63,7 @@ impl BatchSource for InMemory {
 
     fn batch(&mut self, indices: &[usize], _epoch: usize) -> Result<Batch> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.labels.len()) {
-            return Err(FinetuneError::Data(format!("index {bad} is out of range ({} examples)", self.labels.len())));
+            return Err(DataError::Index { index: bad, len: self.labels.len() }.into());
         }
         let inputs = self.inputs.select(Axis(0), indices);
         let labels = indices.iter().map(|&i| self.labels[i]).collect();

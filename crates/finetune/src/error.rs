@@ -1,7 +1,10 @@
 use std::path::PathBuf;
 
+use runtime::ort;
+
 /// Everything fine-tuning can fail with; each message says what went wrong
-/// and, where there is one, what to do about it.
+/// and, where there is one, what to do about it. Failures of another crate
+/// are kept as the error's source.
 #[derive(Debug, thiserror::Error)]
 pub enum FinetuneError {
     #[error(
@@ -11,26 +14,38 @@ pub enum FinetuneError {
     )]
     RandomHeadRefused,
 
+    #[error("--head is needed: the head stage's output folder (or --allow-random-head)")]
+    NoHead,
+
     #[error("head weights: {0}")]
-    Head(String),
+    Head(#[from] HeadError),
 
     #[error("graph: {0}")]
     Graph(#[from] onnx_graph::GraphError),
 
+    /// The graph cannot be trained (or split) as asked.
+    #[error("{0}")]
+    Setup(#[from] SetupError),
+
     #[error("choosing trainable parameters: {0}")]
-    Selection(String),
+    Selection(#[from] SelectionError),
 
     #[error("{0}")]
-    Python(String),
+    Python(#[from] PythonError),
 
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
 
     #[error("ONNX Runtime 1.32 (inference): {0}")]
-    Ort(String),
+    Ort(#[from] ort::Error),
 
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error(
         "the training loss became {loss} at epoch {epoch}, step {step} (global step {global_step}); \
@@ -40,16 +55,233 @@ pub enum FinetuneError {
     NonFiniteLoss { epoch: usize, step: usize, global_step: usize, loss: f64 },
 
     #[error("data: {0}")]
-    Data(String),
+    Data(#[from] DataError),
 
-    #[error("configuration: {0}")]
-    Config(String),
+    /// Settings that [`contracts`] validation refused (its checks describe
+    /// the problem in words).
+    #[error("{what}: {reason}")]
+    Settings { what: &'static str, reason: String },
 
-    #[error("run folder {path}: {message}")]
-    Run { path: PathBuf, message: String },
+    #[error("{0}")]
+    Run(#[from] RunError),
 
     #[error("export: {0}")]
-    Export(String),
+    Export(#[from] ExportError),
+
+    #[error("{}: {source}", path.display())]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: spec::SpecError,
+    },
+
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+
+    #[error(transparent)]
+    Contract(#[from] contracts::ContractError),
+
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+
+    #[error("prefix cache: {0}")]
+    Cache(#[from] feature_cache::CacheError),
+}
+
+/// The head's weights do not make a head for this conv base and dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("weight has {values} values, not {outputs} x {inputs} = {}", outputs * inputs)]
+    WeightCount { values: usize, outputs: usize, inputs: usize },
+    #[error("cannot size a random head: the conv base's output shape is not known; give ComposeOptions::feature_len")]
+    Unsized,
+    #[error("the head has no layers")]
+    NoLayers,
+    #[error("layer {layer} has dims {dims:?}")]
+    ZeroDims { layer: usize, dims: [usize; 2] },
+    #[error("layer {layer} is [{inputs}, {outputs}] but has {weights} weights and {biases} biases")]
+    Sizes { layer: usize, inputs: usize, outputs: usize, weights: usize, biases: usize },
+    #[error("layer {layer} holds NaN or infinite values")]
+    NonFinite { layer: usize },
+    #[error("layer {} has {previous_outputs} outputs but layer {layer} takes {inputs} inputs", layer - 1)]
+    Chain { layer: usize, previous_outputs: usize, inputs: usize },
+    #[error(
+        "the head takes {head_inputs} inputs but the conv base gives {features} features (after pooling); \
+         was the head trained on another model, pooling or input size?"
+    )]
+    FeatureLen { head_inputs: usize, features: usize },
+    #[error("{}: the head was trained for classes {head:?}, the dataset has {dataset:?}", path.display())]
+    Classes { path: PathBuf, head: Vec<String>, dataset: Vec<String> },
+}
+
+/// The graph cannot be trained (or split) as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "the conv base has ONNX IR version {found}, and ONNX Runtime 1.19 (the training API) reads at most \
+         {max}; re-export it with onnx 1.17 or earlier"
+    )]
+    IrVersion { found: i64, max: i64 },
+    #[error("the conv base has {count} outputs; say which one ends the conv base")]
+    BaseOutputs { count: usize },
+    #[error("the conv base must have exactly one input (the image); it has {names:?}")]
+    ImageInputs { names: Vec<String> },
+    #[error("the image input {input:?} has no known rank")]
+    UnknownRank { input: String },
+    #[error("the image input {input:?} has rank {rank}, not 4")]
+    Rank { input: String, rank: usize },
+    #[error("the image input {input:?} has size {fixed} on axis {axis}, the spec says {size}")]
+    ImageSize { input: String, axis: usize, fixed: i64, size: u32 },
+    #[error(
+        "the image input {input:?} has dims [{dims}]; training needs fixed channel and spatial dims \
+         (ONNX Runtime 1.19's training session crashes on symbolic height and width): \
+         set ComposeOptions::input_size (the model spec's input.size)"
+    )]
+    SymbolicImage { input: String, dims: String },
+    #[error(
+        "a graph to train must have one input and one output (the logits); this one has inputs {inputs:?} \
+         and outputs {outputs:?}"
+    )]
+    Endpoints { inputs: Vec<String>, outputs: Vec<String> },
+    #[error("nothing comes after {tensor:?}: the suffix would be empty")]
+    EmptySuffix { tensor: String },
+    #[error("node {node:?} after {tensor:?} reads {input:?} from before it; the graph cannot be split there")]
+    CrossesSplit { node: String, tensor: String, input: String },
+    #[error("the prefix output {output:?} has no fixed shape ({dims}); cannot cache it")]
+    UnfixedPrefix { output: String, dims: String },
+    #[error("prefix outputs of shape {shape:?} do not fit the cache key's {len} values")]
+    PrefixKey { shape: Vec<usize>, len: usize },
+    #[error("{what} needs images from a dataset; random data trains the whole graph, unaugmented")]
+    NeedsDataset { what: String },
+}
+
+/// Which parameters train could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    #[error("{text:?}: `last:N` wants a number of conv layers")]
+    LastN { text: String },
+    #[error("{what}: no f32 parameter named {name:?} in the graph")]
+    NoParameter { what: String, name: String },
+    #[error("the model spec has no block {name:?} (it has {blocks:?})")]
+    NoBlock { name: String, blocks: Vec<String> },
+    #[error("cannot unfreeze the last {wanted} conv layers: the conv base has {convs}")]
+    TooFewConvs { wanted: usize, convs: usize },
+    #[error("conv node {node:?} takes no parameter this crate can trace to an initializer")]
+    UntracedConv { node: String },
+    #[error(
+        "parameter {parameter:?} trains but comes before {tensor:?}: it cannot train on cached activations; \
+         split earlier or freeze it"
+    )]
+    BeforeSplit { parameter: String, tensor: String },
+}
+
+/// Examples that cannot be trained on.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("the training set is empty")]
+    EmptyTraining,
+    #[error("the validation set is empty; pass none instead")]
+    EmptyValidation,
+    #[error("inputs of shape {shape:?} do not match {labels} labels (the first axis is the example)")]
+    InputsLabels { shape: Vec<usize>, labels: usize },
+    #[error("label {label} is negative")]
+    NegativeLabel { label: i64 },
+    #[error("label {label} is out of range for {classes} classes")]
+    LabelRange { label: i64, classes: usize },
+    #[error("index {index} is out of range ({len} examples)")]
+    Index { index: usize, len: usize },
+    #[error("asked for {expected} examples, the source gave inputs {shape:?} and {labels} labels")]
+    BatchSize { expected: usize, shape: Vec<usize>, labels: usize },
+    #[error("the input batch is not in standard (C) layout")]
+    Layout,
+    #[error("image {content_id} holds {bytes} bytes for {width}×{height} RGB")]
+    ImageBytes { content_id: String, bytes: usize, width: u32, height: u32 },
+    #[error("image {content_id}: {source}")]
+    Image {
+        content_id: String,
+        #[source]
+        source: imaging::preprocess::PixelSizeError,
+    },
+    #[error("{what}: {source}")]
+    Shape {
+        what: &'static str,
+        #[source]
+        source: ndarray::ShapeError,
+    },
+}
+
+/// The embedded Python (ONNX Runtime's training API) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("the embedded Python is already set up for {}; one process uses one training venv (asked for {})",
+        current.display(), asked.display())]
+    OtherVenv { current: PathBuf, asked: PathBuf },
+    #[error(
+        "the training venv's site-packages {} does not exist; run `cargo xtask setup` (runtime::ensure_training_venv)",
+        path.display()
+    )]
+    NoVenv { path: PathBuf },
+    #[error("{} is not valid UTF-8", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("this session was opened without an optimizer")]
+    NoOptimizer,
+    /// A Python exception, with the traceback.
+    #[error("{what}: {source}{traceback}")]
+    Exception {
+        what: String,
+        /// Empty, or the formatted traceback after a newline.
+        traceback: String,
+        #[source]
+        source: pyo3::PyErr,
+    },
+}
+
+/// A run folder or artifacts folder that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "run folder {}: holds another run (fingerprint {found}, this one is {expected}): the artifacts, \
+         settings or data differ. Use another folder, or delete this one to start over",
+        path.display()
+    )]
+    OtherRun { path: PathBuf, found: String, expected: String },
+    #[error("run folder {}: no epoch has completed", path.display())]
+    NoEpoch { path: PathBuf },
+    #[error("{}: run state format {found} is not {expected}", path.display())]
+    StateFormat { path: PathBuf, found: u32, expected: u32 },
+    #[error("{}: {problem}; delete the run folder to start over", path.display())]
+    State { path: PathBuf, problem: &'static str },
+    #[error("{}: names checkpoint {checkpoint:?}, which is missing; delete the run folder to start over", path.display())]
+    MissingCheckpoint { path: PathBuf, checkpoint: String },
+    #[error("{}: not an artifacts manifest: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: holds artifacts with fingerprint {found}, not {expected}; remove the folder", path.display())]
+    OtherArtifacts { path: PathBuf, found: String, expected: String },
+}
+
+/// The exported model is not what it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("checkpoint parameter {name:?}: {source}")]
+    Parameter {
+        name: String,
+        #[source]
+        source: onnx_graph::GraphError,
+    },
+    #[error("the model has {count} inputs, expected one")]
+    Inputs { count: usize },
+    #[error("the model has {count} outputs, expected one")]
+    Outputs { count: usize },
+    #[error("the output has shape {shape:?}, expected [n, classes]")]
+    OutputShape { shape: Vec<usize> },
+    #[error("{rows} rows out for {inputs} inputs")]
+    Rows { rows: usize, inputs: usize },
+    #[error("row {row} is not a probability distribution: {values}")]
+    NotProbabilities { row: usize, values: String },
 }
 
 impl FinetuneError {
@@ -58,8 +290,9 @@ impl FinetuneError {
         move |source| FinetuneError::Io { what, path, source }
     }
 
-    pub(crate) fn ort(error: impl std::fmt::Display) -> FinetuneError {
-        FinetuneError::Ort(error.to_string())
+    /// Settings refused by a `validate` of `contracts`.
+    pub(crate) fn settings(what: &'static str) -> impl FnOnce(String) -> FinetuneError {
+        move |reason| FinetuneError::Settings { what, reason }
     }
 }
 

@@ -12,7 +12,7 @@ use onnx_graph::ModelProto;
 
 use crate::artifacts::Artifacts;
 use crate::compose::{append_softmax, PROBABILITIES};
-use crate::error::{FinetuneError, Result};
+use crate::error::{ExportError, FinetuneError, Result};
 use crate::infer::Inference;
 use crate::ort_training::{OrtTraining, SessionConfig};
 
@@ -55,7 +55,7 @@ pub fn export_full_model(
     for (name, _) in session.parameters()? {
         let values = session.parameter(&name)?;
         onnx_graph::set_initializer_f32(&mut model, &name, &values)
-            .map_err(|e| FinetuneError::Export(format!("checkpoint parameter {name:?}: {e}")))?;
+            .map_err(|source| ExportError::Parameter { name: name.clone(), source })?;
     }
     drop_unused_opsets(&mut model)?;
     write_with_metadata(model, out, metadata)
@@ -93,9 +93,7 @@ pub fn preprocessing_metadata(
 pub fn run_inference(model: &Path, inputs: ArrayD<f32>, threads: usize) -> Result<Array2<f32>> {
     let probabilities = Inference::from_file(model, threads)?.run(&inputs)?;
     let shape = probabilities.shape().to_vec();
-    probabilities
-        .into_dimensionality::<ndarray::Ix2>()
-        .map_err(|_| FinetuneError::Export(format!("the output has shape {shape:?}, expected [n, classes]")))
+    probabilities.into_dimensionality::<ndarray::Ix2>().map_err(|_| ExportError::OutputShape { shape }.into())
 }
 
 /// Runs the exported model in ONNX Runtime 1.32 on `sample` and checks that
@@ -105,12 +103,12 @@ pub fn verify_inference_model(model: &Path, sample: ArrayD<f32>) -> Result<Array
     let rows = sample.shape().first().copied().unwrap_or(0);
     let probabilities = run_inference(model, sample, 0)?;
     if probabilities.nrows() != rows {
-        return Err(FinetuneError::Export(format!("{} rows out for {rows} inputs", probabilities.nrows())));
+        return Err(ExportError::Rows { rows: probabilities.nrows(), inputs: rows }.into());
     }
     for (i, row) in probabilities.outer_iter().enumerate() {
         let sum: f32 = row.sum();
         if row.iter().any(|p| !p.is_finite() || *p < 0.0) || (sum - 1.0).abs() > 1e-4 {
-            return Err(FinetuneError::Export(format!("row {i} is not a probability distribution: {row}")));
+            return Err(ExportError::NotProbabilities { row: i, values: row.to_string() }.into());
         }
     }
     Ok(probabilities)

@@ -17,7 +17,7 @@ use spec::{InputSpec, Layout, ModelSpec, Preprocess};
 
 use crate::augment::{self, Augment};
 use crate::data::{Batch, BatchSource};
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, FinetuneError, Result};
 
 /// One stored image.
 #[derive(Clone, Debug)]
@@ -43,17 +43,11 @@ impl ImageSource {
     /// `images` prepared for `model`; `augment` with its seed for training.
     pub fn new(images: Vec<StoredImage>, model: &ModelSpec, augment: Option<(Augment, u64)>) -> Result<ImageSource> {
         if let Some((augment, _)) = &augment {
-            augment.validate().map_err(FinetuneError::Config)?;
+            augment.validate().map_err(FinetuneError::settings("augmentation"))?;
         }
         for image in &images {
             if image.pixels.len() != image.width as usize * image.height as usize * 3 {
-                return Err(FinetuneError::Data(format!(
-                    "image {} holds {} bytes for {}×{} RGB",
-                    image.content_id,
-                    image.pixels.len(),
-                    image.width,
-                    image.height
-                )));
+                return Err(image_bytes(image).into());
             }
         }
         Ok(ImageSource { images, preprocess: model.preprocess.clone(), input: model.input.clone(), augment })
@@ -68,7 +62,7 @@ impl ImageSource {
     ) -> Result<ImageSource> {
         let mut images = Vec::with_capacity(dataset.rows(split));
         for batch in dataset.batches(split, 256, true) {
-            let batch = batch.map_err(|e| FinetuneError::Data(format!("{}: {e}", dataset.dir().display())))?;
+            let batch = batch?;
             images.extend(batch.into_iter().map(|r| StoredImage {
                 content_id: r.content_id,
                 label: i64::from(r.label_index),
@@ -111,10 +105,10 @@ impl ImageSource {
                 &self.input,
                 out,
             )
-            .map_err(|e| FinetuneError::Data(format!("image {}: {e}", image.content_id)));
+            .map_err(|source| DataError::Image { content_id: image.content_id.clone(), source }.into());
         };
-        let stored = RgbImage::from_raw(image.width, image.height, image.pixels.clone())
-            .ok_or_else(|| FinetuneError::Data(format!("image {}: pixel buffer too small", image.content_id)))?;
+        let stored =
+            RgbImage::from_raw(image.width, image.height, image.pixels.clone()).ok_or_else(|| image_bytes(image))?;
         let mut rng = augment::example_rng(*seed, epoch, &image.content_id);
         let (window, flip) = augment::draw(&mut rng, stored.dimensions(), augment);
         let [iw, ih] = self.input.size;
@@ -135,6 +129,16 @@ impl ImageSource {
     }
 }
 
+/// An image whose pixel buffer does not hold its stated size.
+fn image_bytes(image: &StoredImage) -> DataError {
+    DataError::ImageBytes {
+        content_id: image.content_id.clone(),
+        bytes: image.pixels.len(),
+        width: image.width,
+        height: image.height,
+    }
+}
+
 impl BatchSource for ImageSource {
     fn len(&self) -> usize {
         self.images.len()
@@ -142,7 +146,7 @@ impl BatchSource for ImageSource {
 
     fn batch(&mut self, indices: &[usize], epoch: usize) -> Result<Batch> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.images.len()) {
-            return Err(FinetuneError::Data(format!("index {bad} is out of range ({} images)", self.images.len())));
+            return Err(DataError::Index { index: bad, len: self.images.len() }.into());
         }
         let item = self.item_shape();
         let per_image: usize = item.iter().product();
@@ -153,7 +157,8 @@ impl BatchSource for ImageSource {
             .try_for_each(|(out, &i)| self.prepare(&self.images[i], epoch, out))?;
         let mut dims = vec![indices.len()];
         dims.extend(item);
-        let inputs = ArrayD::from_shape_vec(IxDyn(&dims), values).expect("sized above");
+        let inputs = ArrayD::from_shape_vec(IxDyn(&dims), values)
+            .map_err(|source| DataError::Shape { what: "an image batch", source })?;
         Ok(Batch { inputs, labels: indices.iter().map(|&i| self.images[i].label).collect() })
     }
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 use onnx_graph::ModelProto;
-use runtime::ort;
+use runtime::{ort, ModelSource, SessionOptions};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, ExportError, Result};
 
 /// One session of a one-input, one-output f32 graph.
 pub struct Inference {
@@ -20,38 +20,28 @@ pub struct Inference {
 impl Inference {
     /// `threads` intra-op threads (0: ONNX Runtime's choice, all cores).
     pub fn from_model(model: &ModelProto, threads: usize) -> Result<Inference> {
-        Self::open(model, threads, |mut builder| builder.commit_from_memory(&onnx_graph::encode_model(model)))
+        Self::open(model, threads, ModelSource::Memory(&onnx_graph::encode_model(model)))
     }
 
     pub fn from_file(path: &Path, threads: usize) -> Result<Inference> {
         let model = onnx_graph::read_model(path)?;
-        Self::open(&model, threads, |mut builder| builder.commit_from_file(path))
+        Self::open(&model, threads, ModelSource::File(path))
     }
 
-    fn open(
-        model: &ModelProto,
-        threads: usize,
-        commit: impl FnOnce(ort::session::builder::SessionBuilder) -> ort::Result<ort::session::Session>,
-    ) -> Result<Inference> {
-        let environment = runtime::init_ort()?;
+    /// `model` is the graph `source` holds, read for its input and output names.
+    fn open(model: &ModelProto, threads: usize, source: ModelSource<'_>) -> Result<Inference> {
         let input = match onnx_graph::inputs(model)?.as_slice() {
             [input] => input.name.clone(),
-            other => return Err(FinetuneError::Export(format!("the model has {} inputs, expected one", other.len()))),
+            other => return Err(ExportError::Inputs { count: other.len() }.into()),
         };
         let output = match onnx_graph::outputs(model)?.as_slice() {
             [output] => output.name.clone(),
-            other => return Err(FinetuneError::Export(format!("the model has {} outputs, expected one", other.len()))),
+            other => return Err(ExportError::Outputs { count: other.len() }.into()),
         };
         // No spin-waiting between runs: the training session (another ONNX
         // Runtime, in the same process) needs the cores right after.
-        let mut builder = ort::session::Session::builder(environment)
-            .map_err(FinetuneError::ort)?
-            .with_intra_op_spinning(false)
-            .map_err(FinetuneError::ort)?;
-        if threads > 0 {
-            builder = builder.with_intra_threads(threads).map_err(FinetuneError::ort)?;
-        }
-        let session = commit(builder).map_err(FinetuneError::ort)?;
+        let options = SessionOptions::default().intra_op_spinning(false).intra_threads(threads);
+        let session = runtime::open_session(&options, source)?;
         Ok(Inference { session, input, output })
     }
 
@@ -59,10 +49,11 @@ impl Inference {
     pub fn run(&mut self, inputs: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         let dims: Vec<i64> = inputs.shape().iter().map(|&d| d as i64).collect();
         let data: Vec<f32> = inputs.as_standard_layout().iter().copied().collect();
-        let value = ort::value::Tensor::from_array((dims, data)).map_err(FinetuneError::ort)?;
-        let outputs = self.session.run(ort::inputs![self.input.as_str() => value]).map_err(FinetuneError::ort)?;
-        let (shape, out) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(FinetuneError::ort)?;
+        let value = ort::value::Tensor::from_array((dims, data))?;
+        let outputs = self.session.run(ort::inputs![self.input.as_str() => value])?;
+        let (shape, out) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        ArrayD::from_shape_vec(IxDyn(&shape), out.to_vec()).map_err(|e| FinetuneError::Data(e.to_string()))
+        ArrayD::from_shape_vec(IxDyn(&shape), out.to_vec())
+            .map_err(|source| DataError::Shape { what: "an inference output", source }.into())
     }
 }

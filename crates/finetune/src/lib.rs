@@ -11,16 +11,21 @@
 //! - [`ort_training`]: the only module that talks to Python (PyO3): the
 //!   training API of `onnxruntime-training` 1.19.2.
 //! - [`artifacts`]: training artifacts in a folder keyed by a fingerprint.
-//! - [`data`], [`schedule`], [`train`]: the training loop in Rust, with
+//! - [`data`], [`train`]: the training loop in Rust, with
 //!   validation, early stopping, best checkpoint, metrics and resume.
 //! - [`export`]: the best checkpoint as `model.onnx` (softmax appended,
 //!   preprocessing in the metadata), checked in ONNX Runtime 1.32.
 //! - [`prefix`]: cached-prefix mode (train block 5 + head on precomputed
 //!   block-4 activations).
+//! - [`stage`]: the whole stage, as `finetune train` and `finetune smoke`
+//!   run it: [`plan`] (read the inputs, resolve the model, compose, choose
+//!   what trains and how the prefix runs), then [`Plan::run`] (artifacts,
+//!   training, export, test evaluation, `finetune.json`).
 //!
-//! What it does not know: Parquet, image decoding, the head's training.
-//! Inputs arrive through [`data::BatchSource`] as preprocessed f32 batches;
-//! head weights arrive as plain arrays ([`compose::DenseLayer`]).
+//! The training loop knows nothing of Parquet, image decoding or the
+//! head's training: inputs arrive through [`data::BatchSource`] as
+//! preprocessed f32 batches, head weights as plain arrays
+//! ([`compose::DenseLayer`]); [`stage`] connects them to the files.
 
 pub mod artifacts;
 pub mod augment;
@@ -33,13 +38,16 @@ pub mod infer;
 pub mod ort_training;
 pub mod prefix;
 pub mod select;
+pub mod stage;
 pub mod train;
 
 pub use artifacts::{ensure_artifacts, ArtifactRequest, Artifacts, ArtifactsManifest};
 pub use augment::{Augment, CropRange};
 pub use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
 pub use data::{epoch_order, Batch, BatchSource, InMemory};
-pub use error::{FinetuneError, Result};
+pub use error::{
+    DataError, ExportError, FinetuneError, HeadError, PythonError, Result, RunError, SelectionError, SetupError,
+};
 pub use export::{
     export_full_model, export_inference_model, preprocessing_metadata, run_inference, verify_inference_model,
 };
@@ -51,5 +59,6 @@ pub use prefix::{
     suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph,
 };
 pub use select::{select_parameters, ParameterSplit, Unfreeze};
+pub use stage::{plan, train_config, DataSource, HeadSource, Hooks, Job, Plan};
 pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};
 pub use train_kit::Schedule;

@@ -1,15 +1,14 @@
-//! `finetune`: the thin binary over the library.
-//!
-//! `finetune smoke` runs the whole path on random data for a model spec:
-//! resolve the conv base, compose it with a seeded random head (only with
-//! `--allow-random-head`), generate the training artifacts, train a few
-//! epochs, export `model.onnx` and run it in ONNX Runtime 1.32. It checks an
-//! installation and times the steps; it trains nothing useful.
+//! `finetune`: the thin binary over the library ([`finetune::stage`]).
 //!
 //! `finetune train` is the real batch step: dataset + model spec + head
-//! weights → fine-tuned `model.onnx` (see `train_command.rs`).
-
-mod train_command;
+//! weights → fine-tuned `model.onnx`. Its settings are
+//! `contracts::finetune::FinetuneConfig` (from `--config`, else its
+//! defaults), single flags override them.
+//!
+//! `finetune smoke` runs the same path on random data for a model spec: a
+//! seeded random head (only with `--allow-random-head`), random images, a
+//! few epochs, `model.onnx` run in ONNX Runtime 1.32. It checks an
+//! installation and times the steps; it trains nothing useful.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -17,12 +16,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use finetune::artifacts::{ensure_artifacts, ArtifactRequest};
-use finetune::{
-    compose, select_parameters, ComposeOptions, HeadInit, InMemory, Loss, OptimizerKind, OrtTraining, RunOptions,
-    Schedule, SessionConfig, TrainConfig, Unfreeze,
-};
-use ndarray::{ArrayD, IxDyn};
+use contracts::finetune::{FinetuneConfig, Optimizer, PrefixMode};
+use finetune::{DataSource, EpochRecord, FinetuneError, HeadSource, Hooks, Job};
 
 #[derive(Parser)]
 #[command(name = "finetune", about = "Fine-tune a conv base and its head with ONNX Runtime's training API")]
@@ -34,17 +29,79 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune on an ingested dataset, starting from the head stage's weights.
-    Train(train_command::TrainArgs),
+    Train(TrainArgs),
     /// Run the whole path on random data (a check and a benchmark, not training).
-    Smoke(Smoke),
+    Smoke(SmokeArgs),
 }
 
 #[derive(Parser)]
-struct Smoke {
+struct TrainArgs {
+    /// An ingested dataset folder (the ingest stage's output).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// The head stage's output folder (head.safetensors + head.json).
+    #[arg(long)]
+    head: Option<PathBuf>,
+    /// The model spec (TOML) the features stage used.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fine-tuning settings (TOML, the fields of an experiment's `[finetune]` table); the flags
+    /// below override single fields. Without it, the defaults of `contracts::finetune::FinetuneConfig`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// What of the conv base trains: block5, block4,block5, last:N, names:a,b, none. The head always trains.
+    #[arg(long)]
+    unfreeze: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Steps of linear warm-up, then a cosine decay to a tenth of the rate; 0 keeps the rate constant.
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    #[arg(long)]
+    optimizer: Option<Optimizer>,
+    /// Epochs without validation improvement before stopping (0: never stop early).
+    #[arg(long)]
+    patience: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Turn augmentation (random resized crop, horizontal flip) off.
+    #[arg(long)]
+    no_augment: bool,
+    /// How the frozen prefix runs: `auto` (cached without augmentation, inference with it),
+    /// `full` (inside the training graph), `inference` (every step, as plain inference),
+    /// `cached` (once, stored in the feature cache; needs --no-augment).
+    #[arg(long)]
+    prefix: Option<PrefixMode>,
+    /// Intra-op threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Model cache (default: the project cache).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Feature cache, for cached prefix activations (default: the features stage's).
+    #[arg(long)]
+    features_cache: Option<PathBuf>,
+    /// Start from a seeded random head instead of --head (wrecks pretrained features; for checks only).
+    #[arg(long)]
+    allow_random_head: bool,
+    /// Delete a previous run in --out that was made with other settings, instead of refusing.
+    #[arg(long)]
+    restart: bool,
+}
+
+#[derive(Parser)]
+struct SmokeArgs {
     /// The model spec (TOML), e.g. data-specs/models/tiny-vgg.toml.
     #[arg(long)]
     model_spec: PathBuf,
-    /// Where outputs go (artifacts/, run/, model.onnx).
+    /// Where outputs go (artifacts/, run/, model.onnx, finetune.json).
     #[arg(long)]
     out: PathBuf,
     /// Model cache folder (default: the project cache).
@@ -61,7 +118,7 @@ struct Smoke {
     /// What of the conv base trains: none, block5, block4,block5, last:N, names:a,b.
     #[arg(long, default_value = "block5")]
     unfreeze: String,
-    #[arg(long, value_enum, default_value = "adamw")]
+    #[arg(long, default_value = "adamw")]
     optimizer: Optimizer,
     #[arg(long, default_value_t = 8)]
     examples: usize,
@@ -76,105 +133,118 @@ struct Smoke {
     threads: usize,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Optimizer {
-    Adamw,
-    Sgd,
-}
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Train(args) => train_command::run(args),
+        Command::Train(args) => train(args),
         Command::Smoke(args) => smoke(args),
     }
 }
 
-fn smoke(args: Smoke) -> anyhow::Result<()> {
-    let clock = Instant::now();
-    let lap = |what: &str, since: Instant| eprintln!("{what}: {:.2} s", since.elapsed().as_secs_f64());
-
-    let text = std::fs::read_to_string(&args.model_spec)
-        .with_context(|| format!("cannot read {}", args.model_spec.display()))?;
-    let spec = spec::ModelSpec::from_toml(&text)?;
-    let cache = match args.cache {
-        Some(cache) => cache,
-        None => runtime::cache_dir()?,
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let config = settings(&args)?;
+    let head = match (args.head, args.allow_random_head) {
+        (Some(dir), _) => HeadSource::Trained(dir),
+        (None, true) => HeadSource::Random { hidden: vec![1024], seed: config.seed },
+        (None, false) => return Err(FinetuneError::NoHead.into()),
     };
-    let started = Instant::now();
-    let resolved = models::resolve(&spec, &cache)?;
-    eprintln!("{}", resolved.weights_note());
-    lap("resolve the conv base", started);
-
-    let started = Instant::now();
-    let venv = runtime::ensure_training_venv()?;
-    let ort = OrtTraining::init(&venv)?;
-    lap("set up the embedded Python", started);
-
-    let started = Instant::now();
-    let conv_base = onnx_graph::read_model(&resolved.conv_base)?;
-    let options = ComposeOptions { allow_random_head: args.allow_random_head, ..ComposeOptions::from_spec(&spec) };
-    let head = HeadInit::Random { hidden: args.hidden.clone(), classes: args.classes, seed: 1 };
-    let composed = compose(&conv_base, &head, &options)?;
-    let unfreeze: Unfreeze = args.unfreeze.parse()?;
-    let split = select_parameters(&composed.training, &composed.head_params, &unfreeze, &spec.blocks)?;
-    lap("compose", started);
-    eprintln!("trainable: {} tensors, frozen: {}", split.trainable.len(), split.frozen.len());
-
-    let started = Instant::now();
-    let optimizer = match args.optimizer {
-        Optimizer::Adamw => OptimizerKind::AdamW,
-        Optimizer::Sgd => OptimizerKind::Sgd,
+    let job = Job {
+        data: DataSource::Dataset(args.dataset),
+        head,
+        model: args.model,
+        out: args.out,
+        config,
+        threads: args.threads,
+        cache: args.cache,
+        features_cache: args.features_cache,
+        allow_random_head: args.allow_random_head,
+        restart: args.restart,
     };
-    let request = ArtifactRequest { model: &composed.training, split: &split, loss: Loss::CrossEntropy, optimizer };
-    let artifacts = ensure_artifacts(ort, &args.out.join("artifacts"), &request)?;
-    lap(if artifacts.generated { "generate artifacts" } else { "reuse artifacts" }, started);
-    eprintln!("artifacts: {}", artifacts.dir.display());
-
-    let [width, height] = spec.input.size.map(|s| s as usize);
-    let dims = match spec.input.layout {
-        spec::Layout::Nchw => [args.examples, 3, height, width],
-        spec::Layout::Nhwc => [args.examples, height, width, 3],
+    let bar = progress::Terminal::new();
+    let mut on_epoch = |record: &EpochRecord| {
+        eprintln!(
+            "epoch {}/{}  loss {:.4}  acc {:.4}{}  {:.1} images/s ({:.0}% of it getting batches)",
+            record.epoch,
+            record.epochs,
+            record.train_loss,
+            record.train_accuracy,
+            match (record.val_loss, record.val_accuracy) {
+                (Some(l), Some(a)) => format!("  val_loss {l:.4}  val_acc {a:.4}"),
+                _ => String::new(),
+            },
+            record.train_examples_per_second,
+            100.0 * record.input_seconds / record.seconds.max(1e-9)
+        );
+        ControlFlow::Continue(())
     };
-    let mut rng = train_kit::SplitMix64::new(2);
-    let count = dims.iter().product();
-    let images = ArrayD::from_shape_vec(IxDyn(&dims), rng.uniform_vec(-2.0, 2.0, count))?;
-    let labels = (0..args.examples).map(|i| (i % args.classes) as i64).collect();
-    let mut train = InMemory::new(images.clone(), labels)?;
+    let mut hooks = Hooks { progress: &bar, log: &|line| eprintln!("{line}"), on_epoch: &mut on_epoch };
+    finetune::plan(job, &mut hooks)?.run(&mut hooks)?;
+    Ok(())
+}
 
-    let config = TrainConfig {
+/// The settings: `--config` (or the defaults), then the flags that override single fields.
+fn settings(args: &TrainArgs) -> anyhow::Result<FinetuneConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<FinetuneConfig>(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => FinetuneConfig::default(),
+    };
+    config.unfreeze = args.unfreeze.clone().unwrap_or(config.unfreeze);
+    config.epochs = args.epochs.unwrap_or(config.epochs);
+    config.batch_size = args.batch_size.unwrap_or(config.batch_size);
+    config.learning_rate = args.learning_rate.unwrap_or(config.learning_rate);
+    config.warmup_steps = args.warmup_steps.unwrap_or(config.warmup_steps);
+    config.optimizer = args.optimizer.unwrap_or(config.optimizer);
+    config.patience = args.patience.unwrap_or(config.patience);
+    config.seed = args.seed.unwrap_or(config.seed);
+    config.augment &= !args.no_augment;
+    config.prefix = args.prefix.unwrap_or(config.prefix);
+    Ok(config)
+}
+
+fn smoke(args: SmokeArgs) -> anyhow::Result<()> {
+    let config = FinetuneConfig {
+        unfreeze: args.unfreeze,
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.learning_rate,
-        schedule: Schedule::CosineSteps { warmup_steps: 1, min_lr: args.learning_rate / 10.0 },
-        patience: None,
-        ..TrainConfig::default()
+        warmup_steps: 1,
+        optimizer: args.optimizer,
+        patience: 0,
+        augment: false,
+        prefix: PrefixMode::Full,
+        seed: 0,
     };
-    let run_dir = args.out.join("run");
-    let run = RunOptions {
-        artifacts: &artifacts,
-        run_dir: &run_dir,
-        config: &config,
-        session: SessionConfig { threads: args.threads, deterministic: true },
-        progress: &progress::Silent,
+    let job = Job {
+        data: DataSource::Random { examples: args.examples, classes: args.classes },
+        head: HeadSource::Random { hidden: args.hidden, seed: 1 },
+        model: args.model_spec,
+        out: args.out,
+        config,
+        threads: args.threads,
+        cache: args.cache,
+        features_cache: None,
+        allow_random_head: args.allow_random_head,
+        restart: false,
     };
-    let started = Instant::now();
-    let outcome = finetune::train(ort, &run, &mut train, None, &mut |record| {
-        println!("{}", serde_json::to_string(record).expect("records serialise"));
+    let mut on_epoch = |record: &EpochRecord| {
+        match serde_json::to_string(record) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("epoch {}: {e}", record.epoch),
+        }
         ControlFlow::Continue(())
-    })?;
-    lap(&format!("train ({} epochs of {} examples)", outcome.state.completed_epochs, args.examples), started);
-
+    };
+    let mut hooks = Hooks { progress: &progress::Silent, log: &|line| eprintln!("{line}"), on_epoch: &mut on_epoch };
     let started = Instant::now();
-    let model_path = args.out.join("model.onnx");
-    let classes: Vec<String> = (0..args.classes).map(|i| format!("class{i}")).collect();
-    let metadata = finetune::preprocessing_metadata(&spec, &classes, None);
-    finetune::export_inference_model(ort, &artifacts, &outcome.best_checkpoint, &model_path, &metadata)?;
-    lap("export", started);
-    let started = Instant::now();
-    let sample = images.slice(ndarray::s![..args.examples.min(2), .., .., ..]).to_owned().into_dyn();
-    let probabilities = finetune::verify_inference_model(&model_path, sample)?;
-    lap("run model.onnx in ONNX Runtime 1.32", started);
-    eprintln!("probabilities of the first image: {}", probabilities.row(0));
-    lap("total", clock);
+    let plan = finetune::plan(job, &mut hooks)?;
+    eprintln!("resolve, set up the embedded Python, compose: {:.2} s", started.elapsed().as_secs_f64());
+    let summary = plan.run(&mut hooks)?;
+    let lap = |what: String, seconds: f64| eprintln!("{what}: {seconds:.2} s");
+    let artifacts = if summary.artifacts_generated { "generate artifacts" } else { "reuse artifacts" };
+    lap(artifacts.into(), summary.artifacts_seconds);
+    lap(format!("train ({} epochs of {} examples)", summary.completed_epochs, args.examples), summary.train_seconds);
+    lap("export".into(), summary.export_seconds);
+    lap("total".into(), summary.total_seconds);
     Ok(())
 }

@@ -35,7 +35,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, FinetuneError, PythonError, Result};
 
 /// The training API release this module drives.
 pub const TRAINING_API_VERSION: &str = "1.19.2";
@@ -202,23 +202,14 @@ impl OrtTraining {
             return if instance.site_packages == site_packages {
                 Ok(instance)
             } else {
-                Err(FinetuneError::Python(format!(
-                    "the embedded Python is already set up for {}; one process uses one training venv (asked for {})",
-                    instance.site_packages.display(),
-                    site_packages.display()
-                )))
+                Err(PythonError::OtherVenv { current: instance.site_packages.clone(), asked: site_packages.to_owned() }
+                    .into())
             };
         }
         if !site_packages.is_dir() {
-            return Err(FinetuneError::Python(format!(
-                "the training venv's site-packages {} does not exist; run `cargo xtask setup` \
-                 (runtime::ensure_training_venv)",
-                site_packages.display()
-            )));
+            return Err(PythonError::NoVenv { path: site_packages.to_owned() }.into());
         }
-        let site = site_packages
-            .to_str()
-            .ok_or_else(|| FinetuneError::Python(format!("{} is not valid UTF-8", site_packages.display())))?;
+        let site = site_packages.to_str().ok_or_else(|| PythonError::NotUtf8 { path: site_packages.to_owned() })?;
         let instance = with_python("setting up the embedded Python for onnxruntime-training", |py| {
             let globals = PyDict::new(py);
             globals.set_item("site_packages", site)?;
@@ -261,8 +252,7 @@ impl OrtTraining {
         // The lock is taken before attaching to Python (never while holding
         // the interpreter), so it cannot deadlock with other Python calls.
         let _one_at_a_time = GENERATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let model =
-            model.to_str().ok_or_else(|| FinetuneError::Python(format!("{} is not valid UTF-8", model.display())))?;
+        let model = model.to_str().ok_or_else(|| PythonError::NotUtf8 { path: model.to_owned() })?;
         with_python("generating training artifacts", |py| {
             self.generate.bind(py).call1((
                 model,
@@ -345,7 +335,7 @@ impl TrainingSession {
 
     fn step(&mut self, training: bool, inputs: ArrayD<f32>, labels: Vec<i64>) -> Result<StepOutput> {
         if !inputs.is_standard_layout() {
-            return Err(FinetuneError::Data("the input batch is not in standard (C) layout".into()));
+            return Err(DataError::Layout.into());
         }
         let what = if training { "train_step" } else { "eval step" };
         with_python(what, |py| {
@@ -436,9 +426,7 @@ impl TrainingSession {
     }
 
     fn optimizer(&self) -> Result<&Py<PyAny>> {
-        self.optimizer
-            .as_ref()
-            .ok_or_else(|| FinetuneError::Python("this session was opened without an optimizer".into()))
+        self.optimizer.as_ref().ok_or_else(|| PythonError::NoOptimizer.into())
     }
 }
 
@@ -450,5 +438,7 @@ fn with_python<T>(what: &str, f: impl for<'py> FnOnce(Python<'py>) -> PyResult<T
 
 fn python_error(py: Python<'_>, what: &str, error: PyErr) -> FinetuneError {
     let traceback = error.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
-    FinetuneError::Python(format!("{what}: {error}\n{traceback}").trim_end().to_owned())
+    let traceback = traceback.trim_end();
+    let traceback = if traceback.is_empty() { String::new() } else { format!("\n{traceback}") };
+    PythonError::Exception { what: what.to_owned(), traceback, source: error }.into()
 }

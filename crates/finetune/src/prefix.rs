@@ -16,7 +16,7 @@ use feature_cache::Store;
 use progress::Progress;
 
 use crate::data::{Batch, BatchSource, InMemory};
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, Result, SelectionError, SetupError};
 use crate::images::ImageSource;
 use crate::infer::Inference;
 use crate::select::ParameterSplit;
@@ -52,7 +52,7 @@ pub fn split_at(model: &ModelProto, tensor: &str) -> Result<SplitGraph> {
     let suffix_nodes: Vec<_> =
         graph.node.iter().enumerate().filter(|(i, _)| !needed.contains(i)).map(|(_, n)| n).collect();
     if suffix_nodes.is_empty() {
-        return Err(FinetuneError::Config(format!("nothing comes after {tensor:?}: the suffix would be empty")));
+        return Err(SetupError::EmptySuffix { tensor: tensor.to_owned() }.into());
     }
     let mut used: HashSet<&str> = HashSet::new();
     for node in suffix_nodes.iter().copied() {
@@ -61,10 +61,12 @@ pub fn split_at(model: &ModelProto, tensor: &str) -> Result<SplitGraph> {
                 && (prefix_made.contains(input.as_str()) || graph_inputs.contains(input.as_str()))
                 && !initializer_names.contains(input.as_str())
             {
-                return Err(FinetuneError::Config(format!(
-                    "node {:?} after {tensor:?} reads {input:?} from before it; the graph cannot be split there",
-                    node.name
-                )));
+                return Err(SetupError::CrossesSplit {
+                    node: node.name.clone(),
+                    tensor: tensor.to_owned(),
+                    input: input.clone(),
+                }
+                .into());
             }
             used.insert(input.as_str());
         }
@@ -113,11 +115,7 @@ pub fn latest_frozen_split<'c>(
 pub fn suffix_parameters(split: &SplitGraph, parameters: &ParameterSplit) -> Result<ParameterSplit> {
     let in_suffix: HashSet<String> = onnx_graph::initializers(&split.suffix)?.into_iter().map(|t| t.name).collect();
     if let Some(outside) = parameters.trainable.iter().find(|p| !in_suffix.contains(*p)) {
-        return Err(FinetuneError::Selection(format!(
-            "parameter {outside:?} trains but comes before {:?}: it cannot train on cached activations; \
-             split earlier or freeze it",
-            split.tensor
-        )));
+        return Err(SelectionError::BeforeSplit { parameter: outside.clone(), tensor: split.tensor.clone() }.into());
     }
     Ok(ParameterSplit {
         trainable: parameters.trainable.clone(),
@@ -180,7 +178,7 @@ pub fn precompute(
 fn concatenate(parts: &[ArrayD<f32>]) -> Result<ArrayD<f32>> {
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     ndarray::concatenate(ndarray::Axis(0), &views)
-        .map_err(|e| FinetuneError::Data(format!("prefix outputs change shape between batches: {e}")))
+        .map_err(|source| DataError::Shape { what: "prefix outputs change shape between batches", source }.into())
 }
 
 /// The feature-cache key for a prefix's activations: like the features
@@ -214,14 +212,10 @@ pub fn cached_activations(
 ) -> Result<(InMemory, PrefixCacheStats)> {
     let started = std::time::Instant::now();
     if item_shape.iter().product::<usize>() != store.key().embedding_len {
-        return Err(FinetuneError::Config(format!(
-            "prefix outputs of shape {item_shape:?} do not fit the cache key's {} values",
-            store.key().embedding_len
-        )));
+        return Err(SetupError::PrefixKey { shape: item_shape.to_vec(), len: store.key().embedding_len }.into());
     }
-    let cache_err = |e: feature_cache::CacheError| FinetuneError::Data(format!("prefix cache: {e}"));
     let mut plain = source.without_augmentation();
-    let index = store.scan().map_err(cache_err)?;
+    let index = store.scan()?;
     let images = source.images();
     let missing: Vec<usize> = (0..images.len()).filter(|&i| !index.contains(&images[i].content_id)).collect();
     let stats = PrefixCacheStats { hits: images.len() - missing.len(), computed: missing.len(), seconds: 0.0 };
@@ -233,19 +227,21 @@ pub fn cached_activations(
             let rows = activations.shape()[0];
             let flat = activations
                 .into_shape_with_order((rows, store.key().embedding_len))
-                .map_err(|e| FinetuneError::Data(format!("prefix output does not match the cache key: {e}")))?;
+                .map_err(|source| DataError::Shape { what: "prefix output does not match the cache key", source })?;
             let ids: Vec<String> = chunk.iter().map(|&i| images[i].content_id.clone()).collect();
-            store.append(&ids, flat.view()).map_err(cache_err)?;
+            store.append(&ids, flat.view())?;
             progress.advance(chunk.len() as u64);
         }
         progress.finish();
     }
-    let index = store.scan().map_err(cache_err)?;
+    let index = store.scan()?;
     let ids: Vec<&str> = images.iter().map(|i| i.content_id.as_str()).collect();
-    let flat = store.read(&index, &ids).map_err(cache_err)?;
+    let flat = store.read(&index, &ids)?;
     let mut dims = vec![images.len()];
     dims.extend_from_slice(item_shape);
-    let inputs = flat.into_shape_with_order(IxDyn(&dims)).map_err(|e| FinetuneError::Data(e.to_string()))?;
+    let inputs = flat
+        .into_shape_with_order(IxDyn(&dims))
+        .map_err(|source| DataError::Shape { what: "prefix activations from the cache", source })?;
     let labels = images.iter().map(|i| i.label).collect();
     Ok((InMemory::new(inputs, labels)?, PrefixCacheStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
 }
@@ -265,10 +261,7 @@ pub fn prefix_item_shape(prefix: &ModelProto) -> Result<Vec<usize>> {
         .collect();
     match fixed {
         Some(shape) if !shape.is_empty() => Ok(shape),
-        _ => Err(FinetuneError::Config(format!(
-            "the prefix output {:?} has no fixed shape ({dims:?}); cannot cache it",
-            output.name
-        ))),
+        _ => Err(SetupError::UnfixedPrefix { output: output.name.clone(), dims: format!("{dims:?}") }.into()),
     }
 }
 

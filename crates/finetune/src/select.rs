@@ -9,7 +9,7 @@ use std::str::FromStr;
 use onnx_graph::proto::{data_type, ModelProto};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FinetuneError, Result};
+use crate::error::{Result, SelectionError};
 
 /// What of the conv base to unfreeze (the head always trains).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub enum Unfreeze {
 }
 
 impl FromStr for Unfreeze {
-    type Err = FinetuneError;
+    type Err = crate::FinetuneError;
 
     /// `none`; `block5` or `block4,block5`; `last:3` (the last 3 convs);
     /// `names:a,b` (explicit parameter names).
@@ -37,10 +37,7 @@ impl FromStr for Unfreeze {
         if text.is_empty() || text == "none" {
             Ok(Unfreeze::None)
         } else if let Some(n) = text.strip_prefix("last:") {
-            let n = n
-                .trim()
-                .parse()
-                .map_err(|_| FinetuneError::Selection(format!("{text:?}: `last:N` wants a number of conv layers")))?;
+            let n = n.trim().parse().map_err(|_| SelectionError::LastN { text: text.to_owned() })?;
             Ok(Unfreeze::LastConvs(n))
         } else if let Some(names) = text.strip_prefix("names:") {
             Ok(Unfreeze::Names(list(names)))
@@ -77,7 +74,7 @@ pub fn select_parameters(
         if known.contains(name) {
             Ok(())
         } else {
-            Err(FinetuneError::Selection(format!("{what}: no f32 parameter named {name:?} in the graph")))
+            Err(SelectionError::NoParameter { what: what.to_owned(), name: name.to_owned() }.into())
         }
     };
 
@@ -86,11 +83,9 @@ pub fn select_parameters(
         Unfreeze::None => {}
         Unfreeze::Blocks(names) => {
             for name in names {
-                let block = blocks.get(name).ok_or_else(|| {
-                    FinetuneError::Selection(format!(
-                        "the model spec has no block {name:?} (it has {:?})",
-                        blocks.keys().collect::<Vec<_>>()
-                    ))
+                let block = blocks.get(name).ok_or_else(|| SelectionError::NoBlock {
+                    name: name.clone(),
+                    blocks: blocks.keys().cloned().collect(),
                 })?;
                 for param in &block.params {
                     check(param, &format!("block {name}"))?;
@@ -101,10 +96,7 @@ pub fn select_parameters(
         Unfreeze::LastConvs(n) => {
             let convs = conv_parameters(model)?;
             if *n > convs.len() {
-                return Err(FinetuneError::Selection(format!(
-                    "cannot unfreeze the last {n} conv layers: the conv base has {}",
-                    convs.len()
-                )));
+                return Err(SelectionError::TooFewConvs { wanted: *n, convs: convs.len() }.into());
             }
             wanted.extend(convs[convs.len() - n..].iter().flatten().cloned());
         }
@@ -150,10 +142,7 @@ pub fn conv_parameters(model: &ModelProto) -> Result<Vec<Vec<String>>> {
             .filter_map(|s| trace(s, &initializers, &producers))
             .collect();
         if params.is_empty() {
-            return Err(FinetuneError::Selection(format!(
-                "conv node {:?} takes no parameter this crate can trace to an initializer",
-                node.name
-            )));
+            return Err(SelectionError::UntracedConv { node: node.name.clone() }.into());
         }
         convs.push(params);
     }

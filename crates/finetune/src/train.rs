@@ -12,7 +12,6 @@
 //! - `checkpoints/best-epoch-NNNN.ckpt`: the best epoch so far, weights only;
 //! - `metrics.jsonl`: one [`EpochRecord`] per line.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,9 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifacts::Artifacts;
 use crate::data::{epoch_order, BatchSource};
-use crate::error::{FinetuneError, Result};
+use crate::error::{DataError, FinetuneError, Result, RunError};
 use crate::ort_training::{OrtTraining, SessionConfig, TrainingSession};
 pub use contracts::finetune::{StopReason, TrainConfig};
+use contracts::{ContractError, JsonLines};
+use train_kit::early_stopping::Tracker;
 pub use train_kit::EpochRecord;
 
 pub const STATE_FILE: &str = "state.json";
@@ -42,7 +43,8 @@ pub struct Best {
     pub checkpoint: String,
 }
 
-/// `state.json`.
+/// `state.json` (read and written through [`contracts`], which add its
+/// `schema_version`; `format_version` is older and kept as it was).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     pub format_version: u32,
@@ -59,6 +61,11 @@ pub struct RunState {
     /// Set once the run is over (completed or early-stopped).
     pub finished: Option<StopReason>,
     pub history: Vec<EpochRecord>,
+}
+
+impl contracts::Contract for RunState {
+    const NAME: &'static str = "fine-tuning run state";
+    const SCHEMA_VERSION: u32 = 1;
 }
 
 /// What [`train`] returns.
@@ -98,87 +105,221 @@ pub fn train(
     mut validation: Option<&mut dyn BatchSource>,
     on_epoch: &mut dyn FnMut(&EpochRecord) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
-    let config = run.config;
-    config.validate().map_err(FinetuneError::Config)?;
-    if train.is_empty() {
-        return Err(FinetuneError::Data("the training set is empty".into()));
+    check_inputs(run.config, train, validation.as_deref())?;
+    let mut folder = RunFolder::open(run, train.len(), validation.as_ref().map(|v| v.len()))?;
+    if let Some(stop) = folder.state.finished.clone() {
+        return folder.outcome(stop);
     }
-    let validation_len = validation.as_ref().map(|v| v.len());
-    if validation_len == Some(0) {
-        return Err(FinetuneError::Data("the validation set is empty; pass none instead".into()));
-    }
-    let run_fingerprint =
-        spec::fingerprint("finetune-run", &(&run.artifacts.manifest.fingerprint, config, train.len(), validation_len))
-            .0;
-    let checkpoints = run.run_dir.join(CHECKPOINT_DIR);
-    std::fs::create_dir_all(&checkpoints).map_err(FinetuneError::io("cannot create", &checkpoints))?;
-
-    let mut state = match read_state(run.run_dir)? {
-        Some(state) if state.run_fingerprint == run_fingerprint => state,
-        Some(state) => {
-            return Err(FinetuneError::Run {
-                path: run.run_dir.to_owned(),
-                message: format!(
-                    "holds another run (fingerprint {}, this one is {run_fingerprint}): the artifacts, \
-                     settings or data differ. Use another folder, or delete this one to start over",
-                    state.run_fingerprint
-                ),
-            })
+    let mut session = folder.session(ort)?;
+    for epoch in folder.state.completed_epochs + 1..=run.config.epochs {
+        let started = Instant::now();
+        let trained = folder.train_epoch(&mut session, train, epoch)?;
+        let (val_loss, val_accuracy) = match validation.as_deref_mut() {
+            Some(source) => {
+                let totals = evaluate(&mut session, source, run.config.batch_size, epoch)?;
+                (Some(totals.loss()), Some(totals.accuracy()))
+            }
+            None => (None, None),
+        };
+        let monitor = val_loss.unwrap_or_else(|| trained.totals.loss());
+        let kept = folder.keep_checkpoints(&session, epoch, monitor)?;
+        let record = EpochRecord {
+            epoch,
+            epochs: run.config.epochs,
+            steps: folder.steps_per_epoch,
+            global_step: folder.state.global_step,
+            learning_rate: trained.learning_rate,
+            train_loss: trained.totals.loss(),
+            train_accuracy: trained.totals.accuracy(),
+            val_loss,
+            val_accuracy,
+            monitor,
+            best: kept.improved,
+            seconds: started.elapsed().as_secs_f64(),
+            train_examples_per_second: train.len() as f64 / trained.seconds.max(1e-9),
+            input_seconds: trained.input_seconds,
+        };
+        folder.finish_epoch(&record, &kept.stale)?;
+        let flow = on_epoch(&record);
+        if let Some(stop) = folder.state.finished.clone() {
+            return folder.outcome(stop);
         }
-        None => RunState {
-            format_version: STATE_FORMAT,
-            run_fingerprint,
-            artifacts_fingerprint: run.artifacts.manifest.fingerprint.clone(),
-            config: config.clone(),
-            completed_epochs: 0,
-            global_step: 0,
-            latest_checkpoint: None,
-            best: None,
-            epochs_since_best: 0,
-            finished: None,
-            history: Vec::new(),
-        },
-    };
-    rewrite_metrics(run.run_dir, &state.history)?;
-    let resumed_after_epoch = state.completed_epochs;
-    let outcome = |state: &RunState, stop: StopReason| -> Result<TrainOutcome> {
-        let best = state.best.as_ref().ok_or_else(|| FinetuneError::Run {
-            path: run.run_dir.to_owned(),
-            message: "no epoch has completed".into(),
-        })?;
-        let latest = state.latest_checkpoint.as_ref().expect("set with best");
+        if flow.is_break() {
+            return folder.outcome(StopReason::Interrupted);
+        }
+    }
+    // The last epoch sets `finished`, so only a state.json that says every
+    // epoch ran but the run did not end gets here.
+    Err(folder.state_error("records every epoch as done, yet the run as unfinished"))
+}
+
+/// The settings are valid and the sources hold examples.
+fn check_inputs(config: &TrainConfig, train: &dyn BatchSource, validation: Option<&dyn BatchSource>) -> Result<()> {
+    config.validate().map_err(FinetuneError::settings("training settings"))?;
+    if train.is_empty() {
+        return Err(DataError::EmptyTraining.into());
+    }
+    if validation.is_some_and(|v| v.is_empty()) {
+        return Err(DataError::EmptyValidation.into());
+    }
+    Ok(())
+}
+
+/// A run folder and its state, as one call of [`train`] advances them.
+struct RunFolder<'r, 'a> {
+    run: &'r RunOptions<'a>,
+    checkpoints: PathBuf,
+    state: RunState,
+    resumed_after_epoch: usize,
+    steps_per_epoch: usize,
+}
+
+/// One epoch's training steps.
+struct EpochTraining {
+    totals: Totals,
+    /// The rate of the epoch's last step.
+    learning_rate: f64,
+    /// Spent getting batches from the source.
+    input_seconds: f64,
+    seconds: f64,
+}
+
+/// What [`RunFolder::keep_checkpoints`] did.
+struct Kept {
+    /// The epoch is the best so far.
+    improved: bool,
+    /// Checkpoints the state no longer names, removed once it is written.
+    stale: Vec<String>,
+}
+
+impl<'r, 'a> RunFolder<'r, 'a> {
+    /// The run in `run.run_dir`: resumed from its `state.json` when that
+    /// describes the same run, else a fresh one (refused when the folder
+    /// holds another run). `metrics.jsonl` is rewritten from the state.
+    fn open(run: &'r RunOptions<'a>, train_len: usize, validation_len: Option<usize>) -> Result<Self> {
+        let config = run.config;
+        let run_fingerprint = spec::fingerprint(
+            "finetune-run",
+            &(&run.artifacts.manifest.fingerprint, config, train_len, validation_len),
+        )
+        .0;
+        let checkpoints = run.run_dir.join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&checkpoints).map_err(FinetuneError::io("cannot create", &checkpoints))?;
+        let state = match read_state(run.run_dir)? {
+            Some(state) if state.run_fingerprint == run_fingerprint => state,
+            Some(state) => {
+                return Err(RunError::OtherRun {
+                    path: run.run_dir.to_owned(),
+                    found: state.run_fingerprint,
+                    expected: run_fingerprint,
+                }
+                .into())
+            }
+            None => RunState {
+                format_version: STATE_FORMAT,
+                run_fingerprint,
+                artifacts_fingerprint: run.artifacts.manifest.fingerprint.clone(),
+                config: config.clone(),
+                completed_epochs: 0,
+                global_step: 0,
+                latest_checkpoint: None,
+                best: None,
+                epochs_since_best: 0,
+                finished: None,
+                history: Vec::new(),
+            },
+        };
+        let folder = RunFolder {
+            run,
+            checkpoints,
+            resumed_after_epoch: state.completed_epochs,
+            steps_per_epoch: train_len.div_ceil(config.batch_size),
+            state,
+        };
+        folder.check_resumable()?;
+        rewrite_metrics(run.run_dir, &folder.state.history)?;
+        Ok(folder)
+    }
+
+    /// A resumed state names the checkpoints of its completed epochs, and they exist.
+    fn check_resumable(&self) -> Result<()> {
+        let state = &self.state;
+        let started = state.completed_epochs > 0;
+        if state.latest_checkpoint.is_some() != started || state.best.is_some() != started {
+            return Err(self.state_error("the completed epochs, latest checkpoint and best epoch disagree"));
+        }
+        if state.finished.is_none() && state.completed_epochs >= self.run.config.epochs {
+            return Err(self.state_error("records every epoch as done, yet the run as unfinished"));
+        }
+        for name in state.latest_checkpoint.iter().chain(state.best.as_ref().map(|b| &b.checkpoint)) {
+            self.checkpoint(name)?;
+        }
+        Ok(())
+    }
+
+    /// The path of a checkpoint that `state.json` names, which must be a
+    /// file in `checkpoints/`.
+    fn checkpoint(&self, name: &str) -> Result<PathBuf> {
+        let path = self.checkpoints.join(name);
+        if Path::new(name).file_name() != Some(name.as_ref()) || !path.is_file() {
+            return Err(RunError::MissingCheckpoint { path: self.state_path(), checkpoint: name.to_owned() }.into());
+        }
+        Ok(path)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.run.run_dir.join(STATE_FILE)
+    }
+
+    fn state_error(&self, problem: &'static str) -> FinetuneError {
+        RunError::State { path: self.state_path(), problem }.into()
+    }
+
+    fn outcome(&self, stop: StopReason) -> Result<TrainOutcome> {
+        let state = &self.state;
+        let (Some(best), Some(latest)) = (&state.best, &state.latest_checkpoint) else {
+            return Err(RunError::NoEpoch { path: self.run.run_dir.to_owned() }.into());
+        };
         Ok(TrainOutcome {
             state: state.clone(),
             stop,
-            resumed_after_epoch,
-            best_checkpoint: checkpoints.join(&best.checkpoint),
-            latest_checkpoint: checkpoints.join(latest),
+            resumed_after_epoch: self.resumed_after_epoch,
+            best_checkpoint: self.checkpoint(&best.checkpoint)?,
+            latest_checkpoint: self.checkpoint(latest)?,
         })
-    };
-    if let Some(stop) = state.finished.clone() {
-        return outcome(&state, stop);
     }
 
-    let start_checkpoint = match &state.latest_checkpoint {
-        Some(name) => checkpoints.join(name),
-        None => run.artifacts.checkpoint(),
-    };
-    let mut session = ort.open(&run.artifacts.files(), &start_checkpoint, run.session, true)?;
-    let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let total_steps = steps_per_epoch * config.epochs;
+    /// A training session at the last completed epoch (or the artifacts'
+    /// initial weights), optimizer state included.
+    fn session(&self, ort: &OrtTraining) -> Result<TrainingSession> {
+        let start = match &self.state.latest_checkpoint {
+            Some(name) => self.checkpoint(name)?,
+            None => self.run.artifacts.checkpoint(),
+        };
+        ort.open(&self.run.artifacts.files(), &start, self.run.session, true)
+    }
 
-    for epoch in state.completed_epochs + 1..=config.epochs {
+    /// One epoch of training steps in the epoch's seeded order, the rate
+    /// set per step by the schedule.
+    fn train_epoch(
+        &mut self,
+        session: &mut TrainingSession,
+        train: &mut dyn BatchSource,
+        epoch: usize,
+    ) -> Result<EpochTraining> {
+        let (config, progress) = (self.run.config, self.run.progress);
         let started = Instant::now();
+        let total_steps = self.steps_per_epoch * config.epochs;
         let order = epoch_order(train.len(), config.seed, epoch, config.shuffle);
         let mut totals = Totals::default();
         let mut learning_rate = config.learning_rate;
         let mut input_seconds = 0.0;
-        run.progress.start(&format!("epoch {epoch}/{}", config.epochs), steps_per_epoch as u64);
+        progress.start(&format!("epoch {epoch}/{}", config.epochs), self.steps_per_epoch as u64);
         for (step, indices) in order.chunks(config.batch_size).enumerate() {
             learning_rate = config.schedule.lr(
                 config.learning_rate,
-                state.global_step as u64,
-                steps_per_epoch as u64,
+                self.state.global_step as u64,
+                self.steps_per_epoch as u64,
                 total_steps as u64,
             );
             session.set_learning_rate(learning_rate)?;
@@ -192,7 +333,7 @@ pub fn train(
                 return Err(FinetuneError::NonFiniteLoss {
                     epoch,
                     step: step + 1,
-                    global_step: state.global_step + 1,
+                    global_step: self.state.global_step + 1,
                     loss: output.loss,
                 });
             }
@@ -200,73 +341,59 @@ pub fn train(
             session.optimizer_step()?;
             session.lazy_reset_grad()?;
             totals.add(output.loss, &output.logits, &labels);
-            state.global_step += 1;
-            run.progress.advance(1);
+            self.state.global_step += 1;
+            progress.advance(1);
         }
-        run.progress.finish();
-        let train_seconds = started.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy) = match validation.as_deref_mut() {
-            Some(source) => {
-                let totals = evaluate(&mut session, source, config.batch_size, epoch)?;
-                (Some(totals.loss()), Some(totals.accuracy()))
-            }
-            None => (None, None),
+        progress.finish();
+        Ok(EpochTraining { totals, learning_rate, input_seconds, seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// Early stopping's verdict on the epoch, and its checkpoints: always
+    /// the latest (with optimizer state), and the best (weights only) when
+    /// `monitor` improves on the best so far by more than `min_delta`.
+    fn keep_checkpoints(&mut self, session: &TrainingSession, epoch: usize, monitor: f64) -> Result<Kept> {
+        let state = &mut self.state;
+        let mut tracker = Tracker {
+            best: state.best.as_ref().map(|b| (b.monitor, b.epoch)),
+            epochs_since_best: state.epochs_since_best,
         };
-        let monitor = val_loss.unwrap_or_else(|| totals.loss());
-        let improved = state.best.as_ref().is_none_or(|b| monitor < b.monitor - config.min_delta);
+        // The monitor is a loss: lower is better.
+        let improved = tracker.observe(monitor, epoch, false, self.run.config.min_delta);
 
         // Checkpoints first, then the state that names them, then clean-up:
         // whenever the process stops, state.json names complete files.
         let latest = format!("epoch-{epoch:04}.ckpt");
-        save_checkpoint_atomically(&session, &checkpoints.join(&latest), true)?;
-        let previous_latest = state.latest_checkpoint.replace(latest);
-        let mut previous_best = None;
+        save_checkpoint_atomically(session, &self.checkpoints.join(&latest), true)?;
+        let mut stale: Vec<String> = state.latest_checkpoint.replace(latest).into_iter().collect();
         if improved {
             let name = format!("best-epoch-{epoch:04}.ckpt");
-            save_checkpoint_atomically(&session, &checkpoints.join(&name), false)?;
-            previous_best = state.best.replace(Best { epoch, monitor, checkpoint: name }).map(|b| b.checkpoint);
-            state.epochs_since_best = 0;
-        } else {
-            state.epochs_since_best += 1;
+            save_checkpoint_atomically(session, &self.checkpoints.join(&name), false)?;
+            stale.extend(state.best.replace(Best { epoch, monitor, checkpoint: name }).map(|b| b.checkpoint));
         }
-        let record = EpochRecord {
-            epoch,
-            epochs: config.epochs,
-            steps: steps_per_epoch,
-            global_step: state.global_step,
-            learning_rate,
-            train_loss: totals.loss(),
-            train_accuracy: totals.accuracy(),
-            val_loss,
-            val_accuracy,
-            monitor,
-            best: improved,
-            seconds: started.elapsed().as_secs_f64(),
-            train_examples_per_second: train.len() as f64 / train_seconds.max(1e-9),
-            input_seconds,
-        };
-        state.completed_epochs = epoch;
+        state.epochs_since_best = tracker.epochs_since_best;
+        Ok(Kept { improved, stale })
+    }
+
+    /// Records the epoch, decides whether the run is over, writes
+    /// `state.json` and the metrics line, then removes `stale` checkpoints.
+    fn finish_epoch(&mut self, record: &EpochRecord, stale: &[String]) -> Result<()> {
+        let config = self.run.config;
+        let state = &mut self.state;
+        state.completed_epochs = record.epoch;
         state.history.push(record.clone());
         let early_stop = config.patience.is_some_and(|p| state.epochs_since_best >= p);
         if early_stop {
             state.finished = Some(StopReason::EarlyStopped);
-        } else if epoch == config.epochs {
+        } else if record.epoch == config.epochs {
             state.finished = Some(StopReason::Completed);
         }
-        write_state(run.run_dir, &state)?;
-        append_metrics(run.run_dir, &record)?;
-        for old in previous_latest.iter().chain(&previous_best) {
-            let _ = std::fs::remove_file(checkpoints.join(old));
+        write_state(self.run.run_dir, state)?;
+        append_metrics(self.run.run_dir, record)?;
+        for old in stale {
+            let _ = std::fs::remove_file(self.checkpoints.join(old));
         }
-        let flow = on_epoch(&record);
-        if let Some(stop) = state.finished.clone() {
-            return outcome(&state, stop);
-        }
-        if flow.is_break() {
-            return outcome(&state, StopReason::Interrupted);
-        }
+        Ok(())
     }
-    unreachable!("the last epoch sets `finished`")
 }
 
 /// Loss and accuracy over a whole source, in eval mode, in index order.
@@ -307,7 +434,7 @@ impl Totals {
         self.correct += logits
             .outer_iter()
             .zip(labels)
-            .filter(|(row, &label)| argmax(row.iter().copied()) == Some(label as usize))
+            .filter(|(row, &label)| train_kit::argmax(row.view()) == label as usize)
             .count();
     }
 
@@ -320,30 +447,21 @@ impl Totals {
     }
 }
 
-fn argmax(values: impl Iterator<Item = f32>) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, v) in values.enumerate() {
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((i, v));
-        }
-    }
-    best.map(|(i, _)| i)
-}
-
 fn check_batch(batch: &crate::data::Batch, expected: usize) -> Result<()> {
     if batch.labels.len() != expected || batch.inputs.shape().first() != Some(&expected) {
-        return Err(FinetuneError::Data(format!(
-            "asked for {expected} examples, the source gave inputs {:?} and {} labels",
-            batch.inputs.shape(),
-            batch.labels.len()
-        )));
+        return Err(DataError::BatchSize {
+            expected,
+            shape: batch.inputs.shape().to_vec(),
+            labels: batch.labels.len(),
+        }
+        .into());
     }
     Ok(())
 }
 
 fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
     match labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
-        Some(label) => Err(FinetuneError::Data(format!("label {label} is out of range for {classes} classes"))),
+        Some(&label) => Err(DataError::LabelRange { label, classes }.into()),
         None => Ok(()),
     }
 }
@@ -357,53 +475,28 @@ fn save_checkpoint_atomically(session: &TrainingSession, path: &Path, with_optim
 /// Reads `state.json` if there is one.
 pub fn read_state(run_dir: &Path) -> Result<Option<RunState>> {
     let path = run_dir.join(STATE_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(FinetuneError::Io { what: "cannot read", path, source: e }),
+    let state: RunState = match contracts::read(&path) {
+        Ok(state) => state,
+        Err(ContractError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let state: RunState = serde_json::from_str(&text)
-        .map_err(|e| FinetuneError::Run { path: path.clone(), message: format!("unreadable run state: {e}") })?;
     if state.format_version != STATE_FORMAT {
-        return Err(FinetuneError::Run {
-            path,
-            message: format!("run state format {} is not {STATE_FORMAT}", state.format_version),
-        });
+        return Err(RunError::StateFormat { path, found: state.format_version, expected: STATE_FORMAT }.into());
     }
     Ok(Some(state))
 }
 
 fn write_state(run_dir: &Path, state: &RunState) -> Result<()> {
-    let text = serde_json::to_string_pretty(state).expect("the state serialises") + "\n";
-    write_atomically(&run_dir.join(STATE_FILE), text.as_bytes())
+    Ok(contracts::write(&run_dir.join(STATE_FILE), state)?)
 }
 
 fn rewrite_metrics(run_dir: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut text = String::new();
-    for record in history {
-        text += &serde_json::to_string(record).expect("records serialise");
-        text.push('\n');
-    }
-    write_atomically(&run_dir.join(METRICS_FILE), text.as_bytes())
+    let path = run_dir.join(METRICS_FILE);
+    Ok(atomic_file::write(&path, &JsonLines::to_text(history)).map_err(ContractError::from)?)
 }
 
 fn append_metrics(run_dir: &Path, record: &EpochRecord) -> Result<()> {
-    let path = run_dir.join(METRICS_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(FinetuneError::io("cannot open", &path))?;
-    let line = serde_json::to_string(record).expect("records serialise") + "\n";
-    file.write_all(line.as_bytes()).map_err(FinetuneError::io("cannot append to", &path))
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    atomic_file::write(path, bytes).map_err(|e| FinetuneError::Io {
-        what: "cannot write",
-        path: e.path,
-        source: e.source,
-    })
+    Ok(JsonLines::append_to(&run_dir.join(METRICS_FILE))?.append(record)?)
 }
 
 #[cfg(test)]
@@ -421,13 +514,126 @@ mod tests {
         assert!((t.accuracy() - 2.0 / 3.0).abs() < 1e-12);
     }
 
+    fn state(completed_epochs: usize) -> RunState {
+        let record = EpochRecord {
+            epoch: 1,
+            epochs: 2,
+            steps: 3,
+            global_step: 3,
+            learning_rate: 1e-3,
+            train_loss: 0.1 + 0.2,
+            train_accuracy: 1.0 / 3.0,
+            val_loss: None,
+            val_accuracy: None,
+            monitor: 0.1 + 0.2,
+            best: true,
+            seconds: 0.5,
+            train_examples_per_second: 7.25,
+            input_seconds: 0.125,
+        };
+        RunState {
+            format_version: STATE_FORMAT,
+            run_fingerprint: "run".into(),
+            artifacts_fingerprint: "artifacts".into(),
+            config: TrainConfig { epochs: 2, ..Default::default() },
+            completed_epochs,
+            global_step: 3 * completed_epochs,
+            latest_checkpoint: (completed_epochs > 0).then(|| "epoch-0001.ckpt".into()),
+            best: (completed_epochs > 0).then(|| Best {
+                epoch: 1,
+                monitor: 0.1 + 0.2,
+                checkpoint: "best-epoch-0001.ckpt".into(),
+            }),
+            epochs_since_best: 0,
+            finished: None,
+            history: vec![record; completed_epochs],
+        }
+    }
+
+    #[test]
+    fn state_and_metrics_go_through_contracts_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_state(dir.path()).unwrap(), None);
+        let state = state(1);
+        write_state(dir.path(), &state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.starts_with("{\n  \"schema_version\": 1,\n  \"format_version\": 1,"), "{text}");
+        assert_eq!(read_state(dir.path()).unwrap(), Some(state.clone()));
+
+        rewrite_metrics(dir.path(), &state.history).unwrap();
+        append_metrics(dir.path(), &state.history[0]).unwrap();
+        let records: Vec<EpochRecord> = JsonLines::read_all(&dir.path().join(METRICS_FILE)).unwrap();
+        assert_eq!(records, vec![state.history[0].clone(); 2]);
+
+        let old = RunState { format_version: 7, ..state };
+        write_state(dir.path(), &old).unwrap();
+        let err = read_state(dir.path()).unwrap_err();
+        assert!(matches!(err, FinetuneError::Run(RunError::StateFormat { found: 7, .. })), "{err}");
+    }
+
+    #[test]
+    fn a_state_that_names_missing_checkpoints_or_disagrees_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = crate::ArtifactsManifest {
+            format_version: 1,
+            fingerprint: "artifacts".into(),
+            training_api_version: String::new(),
+            model_sha256: String::new(),
+            input: "input".into(),
+            logits: "logits".into(),
+            trainable: Vec::new(),
+            frozen: Vec::new(),
+            loss: crate::Loss::CrossEntropy,
+            optimizer: crate::OptimizerKind::AdamW,
+            generation_seconds: 0.0,
+        };
+        let artifacts = Artifacts { dir: dir.path().join("artifacts"), manifest, generated: false };
+        let config = TrainConfig { epochs: 2, ..Default::default() };
+        let run = RunOptions {
+            artifacts: &artifacts,
+            run_dir: dir.path(),
+            config: &config,
+            session: SessionConfig::default(),
+            progress: &progress::Silent,
+        };
+        let checkpoints = dir.path().join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&checkpoints).unwrap();
+        let folder = |state: RunState| RunFolder {
+            run: &run,
+            checkpoints: checkpoints.clone(),
+            resumed_after_epoch: state.completed_epochs,
+            steps_per_epoch: 3,
+            state,
+        };
+        let message = |state: RunState| folder(state).check_resumable().unwrap_err().to_string();
+        let state_file = dir.path().join(STATE_FILE).display().to_string();
+
+        let err = message(state(1));
+        assert!(err.contains(&state_file) && err.contains("epoch-0001.ckpt"), "{err}");
+        std::fs::write(checkpoints.join("epoch-0001.ckpt"), b"").unwrap();
+        std::fs::write(checkpoints.join("best-epoch-0001.ckpt"), b"").unwrap();
+        assert!(folder(state(1)).check_resumable().is_ok());
+        assert!(folder(state(1)).outcome(StopReason::Interrupted).is_ok());
+
+        let escaping = RunState { latest_checkpoint: Some("../epoch-0001.ckpt".into()), ..state(1) };
+        assert!(message(escaping).contains("../epoch-0001.ckpt"));
+        let no_best = RunState { best: None, ..state(1) };
+        assert!(message(no_best).contains("disagree"));
+        let unfinished = state(2);
+        assert!(message(unfinished).contains("unfinished"));
+        assert!(matches!(
+            folder(state(0)).outcome(StopReason::Completed),
+            Err(FinetuneError::Run(RunError::NoEpoch { .. }))
+        ));
+    }
+
     #[test]
     fn config_is_checked() {
         assert!(TrainConfig { epochs: 0, ..Default::default() }.validate().is_err());
         assert!(TrainConfig { learning_rate: f64::NAN, ..Default::default() }.validate().is_err());
         assert!(TrainConfig::default().validate().is_ok());
         let parsed: TrainConfig =
-            serde_json::from_str(r#"{"epochs":2,"batch_size":4,"learning_rate":0.001,"schedule":{"kind":"cosine","warmup_steps":2,"min_lr":0.0}}"#)
+            serde_json::from_str(r#"{"epochs":2,"batch_size":4,"learning_rate":0.001,"schedule":{"kind":"cosine_steps","warmup_steps":2,"min_lr":0.0}}"#)
                 .unwrap();
         assert!(parsed.shuffle);
         assert_eq!(parsed.schedule, train_kit::Schedule::CosineSteps { warmup_steps: 2, min_lr: 0.0 });

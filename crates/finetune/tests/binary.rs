@@ -143,13 +143,62 @@ fn a_random_head_cached_augmentation_and_changed_data_are_refused() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-random-head"));
     let output = command(&f, "y", &["--prefix", "cached"]).output().unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--no-augment"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs augment = false"));
     // Same artifacts and settings but no augmentation: another run, which
     // the folder of an augmented one refuses to resume.
     run(&f, "z", &["--prefix", "full", "--epochs", "1"]);
     let output = command(&f, "z", &["--prefix", "full", "--epochs", "1", "--no-augment"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("holds another run"));
+}
+
+/// `--config` is the `[finetune]` table (`contracts::finetune::FinetuneConfig`);
+/// flags override single fields of it.
+#[test]
+fn the_config_file_sets_what_flags_do_not_override() {
+    let f = fixture(3);
+    let config = f.root.join("finetune.toml");
+    std::fs::write(&config, "epochs = 4\nwarmup_steps = 2\naugment = false\nprefix = \"full\"\nunfreeze = \"none\"\n")
+        .unwrap();
+    run(&f, "configured", &["--config", config.to_str().unwrap(), "--epochs", "1"]);
+    let summary = json(&f.root.join("configured/finetune.json"));
+    assert_eq!(summary["config"]["epochs"], 1);
+    assert_eq!(summary["config"]["batch_size"], 12);
+    assert_eq!(summary["config"]["schedule"]["warmup_steps"], 2);
+    assert_eq!(summary["unfreeze"], "none");
+    assert_eq!(summary["prefix_mode"], "full");
+    assert_eq!(summary["augment"], serde_json::Value::Null);
+
+    std::fs::write(&config, "epoch = 4\n").unwrap();
+    let output = command(&f, "misspelt", &["--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("epoch"));
+}
+
+/// `finetune smoke` goes the same way as `train`, on random images and a random head.
+#[test]
+fn smoke_runs_the_stage_on_random_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smoke");
+    let smoke = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["smoke", "--model-spec", TINY, "--out", out.to_str().unwrap(), "--threads", "1"])
+            .args(["--examples", "4", "--classes", "3", "--hidden", "4", "--epochs", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = smoke(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("random head"));
+    let output = smoke(&["--allow-random-head"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("probabilities of the first image"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1, "one metrics line per epoch");
+    let summary = json(&out.join("finetune.json"));
+    assert_eq!((summary["completed_epochs"].as_u64(), summary["prefix_mode"].as_str()), (Some(1), Some("full")));
+    assert!(out.join("model.onnx").exists() && !out.join("evaluation-test.json").exists());
 }
 
 /// Augmentation on, prefix as inference: kill the process once an epoch is
