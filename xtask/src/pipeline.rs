@@ -20,6 +20,6 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     crate::setup()?;
-    let bins = util::release_bins(&["ingest", "features", "head", "finetune", "predict", "pipeline"])?;
+    let bins = util::release_bins(&["ingest", "features", "head-cli", "finetune", "predict", "pipeline"])?;
     util::run(Command::new(bins.join("pipeline")).args(&args.rest))
 }

@@ -125,8 +125,9 @@ fn discover_manifest(manifest: &Path) -> Result<Discovery, IngestError> {
     }
     let base = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
     let bad = |line: u64, reason: String| IngestError::Manifest { path: manifest.to_path_buf(), line, reason };
-    let mut reader = csv::Reader::from_path(manifest).map_err(|e| bad(0, e.to_string()))?;
-    let headers = reader.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let unreadable = |line: u64| move |source| IngestError::ManifestCsv { path: manifest.to_path_buf(), line, source };
+    let mut reader = csv::Reader::from_path(manifest).map_err(unreadable(0))?;
+    let headers = reader.headers().map_err(unreadable(1))?.clone();
     let column = |name: &str| {
         headers
             .iter()
@@ -137,7 +138,7 @@ fn discover_manifest(manifest: &Path) -> Result<Discovery, IngestError> {
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let line = i as u64 + 2;
-        let record = record.map_err(|e| bad(line, e.to_string()))?;
+        let record = record.map_err(unreadable(line))?;
         let (path, label) = (record.get(path_col).unwrap_or("").trim(), record.get(label_col).unwrap_or("").trim());
         if path.is_empty() || label.is_empty() {
             return Err(bad(line, "empty path or label".into()));

@@ -14,9 +14,10 @@
 //! `rejects.csv` with a reason.
 
 mod discover;
+pub mod source;
 mod split;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -28,8 +29,8 @@ use spec::{DatasetSource, DatasetSpec};
 pub use split::{assign as assign_split, Split};
 
 use contracts::dataset::{DatasetInfo, INFO_FILE, REJECTS_FILE};
-use dataset::{DatasetWriter, Limits, Row};
-use discover::Candidate;
+use dataset::{DatasetWriter, Limits, Row, SplitInfo};
+use discover::{Candidate, Discovery};
 
 /// Why a file was left out of the dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -93,6 +94,13 @@ pub enum IngestError {
     EmptyClass(PathBuf),
     #[error("manifest {path} line {line}: {reason}")]
     Manifest { path: PathBuf, line: u64, reason: String },
+    #[error("manifest {path} line {line}: {source}")]
+    ManifestCsv {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: csv::Error,
+    },
     #[error("invalid dataset spec: {0}")]
     Spec(#[from] spec::SpecError),
     #[error("{}: {source}", path.display())]
@@ -155,13 +163,39 @@ pub fn ingest(
 ) -> Result<IngestSummary, IngestError> {
     spec.validate()?;
     let spec = resolve(spec)?;
-    let found = discover::discover(&spec.source, spec.include_hidden)?;
-    let mut rejects = found.rejects;
+    let mut found = discover::discover(&spec.source, spec.include_hidden)?;
+    let mut rejects = std::mem::take(&mut found.rejects);
 
-    // Pass 1: content ids.
-    progress.start("hashing", found.candidates.len() as u64);
-    let hashed: Vec<Result<String, Reject>> = found
-        .candidates
+    // Pass 1: content ids, so duplicates and label conflicts are known
+    // before anything is written.
+    let hashed = hash_candidates(&found.candidates, &mut rejects, progress);
+    let kept = drop_duplicates(hashed, &found.classes, &mut rejects);
+
+    // Pass 2: decode and write, into a temporary folder.
+    let partial = fresh_partial_dir(out_dir)?;
+    let spec_json = serde_json::to_string(&spec).expect("specs serialise");
+    let limits = Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
+    let mut writer = DatasetWriter::new(&partial, found.classes.clone(), spec_json, limits);
+    rejects.extend(decode_and_write(&kept, &spec, &mut writer, opts.chunk_size.max(1), progress)?);
+    let (splits, fingerprint) = writer.finish()?;
+    rejects.sort_by(|a, b| a.path.cmp(&b.path).then(a.reason.cmp(&b.reason)));
+
+    let info = dataset_info(spec, &found, splits, fingerprint, &rejects);
+    contracts::write(&partial.join(INFO_FILE), &info)?;
+    write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
+    replace_dir(&partial, out_dir)?;
+    Ok(IngestSummary { info, rejects, out_dir: out_dir.to_path_buf() })
+}
+
+/// Reads and hashes every candidate in parallel; returns those that read,
+/// with their content ids, in candidate order. The others go to `rejects`.
+fn hash_candidates<'a>(
+    candidates: &'a [Candidate],
+    rejects: &mut Vec<Reject>,
+    progress: &dyn Progress,
+) -> Vec<(&'a Candidate, String)> {
+    progress.start("hashing", candidates.len() as u64);
+    let hashed: Vec<Result<String, Reject>> = candidates
         .par_iter()
         .map(|c| {
             let id = read_file(c).map(|bytes| spec::sha256_hex(&bytes));
@@ -171,37 +205,46 @@ pub fn ingest(
         .collect();
     progress.finish();
     let mut kept = Vec::new();
-    for (candidate, id) in found.candidates.iter().zip(hashed) {
+    for (candidate, id) in candidates.iter().zip(hashed) {
         match id {
             Ok(id) => kept.push((candidate, id)),
             Err(reject) => rejects.push(reject),
         }
     }
-    let kept = drop_duplicates(kept, &found.classes, &mut rejects);
+    kept
+}
 
-    // Pass 2: decode and write, into a temporary folder.
+/// The temporary folder the dataset is built in, emptied of any leftover
+/// from an interrupted run.
+fn fresh_partial_dir(out_dir: &Path) -> Result<PathBuf, IngestError> {
     let partial = partial_dir(out_dir);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| IngestError::io(&partial, e))?;
     }
     std::fs::create_dir_all(&partial).map_err(|e| IngestError::io(&partial, e))?;
-    let spec_json = serde_json::to_string(&spec).expect("specs serialise");
-    let limits = Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
-    let mut writer = DatasetWriter::new(&partial, found.classes.clone(), spec_json, limits);
+    Ok(partial)
+}
 
+/// Decodes the kept files, `chunk_size` at a time in parallel, and pushes
+/// the rows to `writer` in order; returns the files that failed to decode.
+fn decode_and_write(
+    kept: &[(&Candidate, String)],
+    spec: &DatasetSpec,
+    writer: &mut DatasetWriter,
+    chunk_size: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<Reject>, IngestError> {
     progress.start("decoding", kept.len() as u64);
     // Decoding (parallel) and Parquet encoding (this thread's consumer) overlap:
     // one chunk is compressed while the next is decoded.
     let (tx, rx) = mpsc::sync_channel::<Vec<Result<Row, Reject>>>(1);
-    let producer_spec = &spec;
-    let chunk_size = opts.chunk_size.max(1);
-    let written = std::thread::scope(|scope| -> Result<Vec<Reject>, IngestError> {
+    let decode_rejects = std::thread::scope(|scope| -> Result<Vec<Reject>, IngestError> {
         scope.spawn(move || {
             for chunk in kept.chunks(chunk_size) {
                 let rows: Vec<Result<Row, Reject>> = chunk
                     .par_iter()
                     .map(|(c, id)| {
-                        let row = decode_row(c, id, producer_spec);
+                        let row = decode_row(c, id, spec);
                         progress.advance(1);
                         row
                     })
@@ -223,10 +266,18 @@ pub fn ingest(
         Ok(decode_rejects)
     })?;
     progress.finish();
-    rejects.extend(written);
-    let (splits, fingerprint) = writer.finish()?;
-    rejects.sort_by(|a, b| a.path.cmp(&b.path).then(a.reason.cmp(&b.reason)));
+    Ok(decode_rejects)
+}
 
+/// The record written as `dataset.json`: what was read, what was kept per
+/// split, and why the rest was not.
+fn dataset_info(
+    spec: DatasetSpec,
+    found: &Discovery,
+    splits: BTreeMap<Split, SplitInfo>,
+    fingerprint: String,
+    rejects: &[Reject],
+) -> DatasetInfo {
     let count = |f: &dyn Fn(RejectKind) -> bool| rejects.iter().filter(|r| f(r.kind)).count();
     let mut info = DatasetInfo {
         name: spec.name.clone(),
@@ -241,11 +292,7 @@ pub fn ingest(
         spec,
     };
     info.warnings = small_class_warnings(&info);
-
-    contracts::write(&partial.join(INFO_FILE), &info)?;
-    write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
-    replace_dir(&partial, out_dir)?;
-    Ok(IngestSummary { info, rejects, out_dir: out_dir.to_path_buf() })
+    info
 }
 
 /// Makes the spec's paths absolute, so the recorded spec says exactly what

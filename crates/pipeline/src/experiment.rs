@@ -2,12 +2,22 @@
 //! backbone, and each stage's settings. Pure: parsing, `--set` overrides and
 //! validation; no I/O.
 //!
+//! The `[head]` table is [`HeadConfig`] and `[finetune]` is
+//! [`FinetuneConfig`] plus `enabled`: the stages' own settings types, the one
+//! source of their defaults, so every setting a stage has can be set here
+//! (and with `--set`).
+//!
 //! Relative paths in a spec are relative to the directory the pipeline runs
 //! in (the workspace root under `cargo xtask pipeline`).
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use contracts::finetune::FinetuneConfig;
+use contracts::head::{ClassWeights, HeadConfig};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The procedural demo images' settings (`[data] demo = {...}`).
+pub use ingest::source::DemoImages as Demo;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +29,7 @@ pub struct Experiment {
     #[serde(default)]
     pub features: Features,
     #[serde(default)]
-    pub head: Head,
+    pub head: HeadConfig,
     #[serde(default)]
     pub finetune: Finetune,
 }
@@ -47,18 +57,6 @@ pub struct Data {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Demo {
-    pub per_class: usize,
-    pub width: u32,
-    pub height: u32,
-    pub seed: u64,
-    /// Also write broken files (to see ingestion report and skip them).
-    #[serde(default)]
-    pub broken_files: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Model {
     /// A model spec (`data-specs/models/*.toml`).
     pub spec: PathBuf,
@@ -81,65 +79,66 @@ impl Default for Features {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Head {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub hidden: Vec<usize>,
-    pub seed: u64,
-}
-
-impl Default for Head {
-    fn default() -> Self {
-        Head { epochs: 30, batch_size: 32, hidden: vec![1024], seed: 0 }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[finetune]`: whether the stage runs, and its settings (every
+/// [`FinetuneConfig`] field, in the same table).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finetune {
     pub enabled: bool,
-    /// `block5`, `block4,block5`, `last:N`, `names:a,b`.
-    pub unfreeze: String,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub warmup_steps: usize,
-    pub patience: usize,
-    pub augment: bool,
-    /// `auto`, `full`, `inference` or `cached`.
-    pub prefix: String,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub settings: FinetuneConfig,
 }
 
 impl Default for Finetune {
     fn default() -> Self {
-        Finetune {
-            enabled: true,
-            unfreeze: "block5".into(),
-            epochs: 3,
-            batch_size: 16,
-            learning_rate: 1e-5,
-            warmup_steps: 0,
-            patience: 3,
-            augment: true,
-            prefix: "auto".into(),
-            seed: 0,
-        }
+        Finetune { enabled: true, settings: FinetuneConfig::default() }
     }
 }
 
+/// By hand rather than `#[serde(flatten)]`: a flattened struct ignores
+/// unknown keys (`deny_unknown_fields` does not reach through `flatten`),
+/// so a misspelt setting would be dropped silently. Here `enabled` is taken
+/// out and the rest must be a [`FinetuneConfig`], which names any key it
+/// does not know.
+impl<'de> Deserialize<'de> for Finetune {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // The inner errors name their key below this table; the outer error adds this table.
+        let inner = |e: toml::de::Error| D::Error::custom(e.to_string().trim_end().replace("\nin ", " in "));
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let enabled = match table.remove("enabled") {
+            Some(value) => bool::deserialize(value)
+                .map_err(|e| D::Error::custom(format!("enabled: {}", e.to_string().trim_end())))?,
+            None => Finetune::default().enabled,
+        };
+        let settings = FinetuneConfig::deserialize(toml::Value::Table(table)).map_err(inner)?;
+        Ok(Finetune { enabled, settings })
+    }
+}
+
+/// The optional sections with their defaults: where `--set` looks up what
+/// a table it creates starts from. Field names as in [`Experiment`].
+#[derive(Default, Serialize)]
+struct SectionDefaults {
+    features: Features,
+    head: HeadConfig,
+    finetune: Finetune,
+}
+
+/// The key that selects a settings enum's variant (`optimizer`, `schedule`).
+const VARIANT_TAG: &str = "kind";
+
 impl Experiment {
-    /// Parses `text`, applies `overrides` (`section.field=value`, the value
-    /// in TOML syntax, or a bare string) and validates.
+    /// Parses `text`, applies `overrides` (`section.field=value` or
+    /// `section.table.field=value`, the value in TOML syntax or a bare
+    /// string) and validates.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Experiment, String> {
-        let mut value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let defaults = section_defaults();
         for item in overrides {
-            apply_override(&mut value, item)?;
+            apply_override(&mut table, &defaults, item)?;
         }
         let experiment: Experiment =
-            toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| e.to_string())?;
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.to_string())?;
         experiment.validate()?;
         Ok(experiment)
     }
@@ -155,16 +154,8 @@ impl Experiment {
         if !["f32", "f16"].contains(&self.features.dtype.as_str()) {
             return Err(format!("features.dtype {:?} must be f32 or f16", self.features.dtype));
         }
-        if !["auto", "full", "inference", "cached"].contains(&self.finetune.prefix.as_str()) {
-            return Err(format!("finetune.prefix {:?} must be auto, full, inference or cached", self.finetune.prefix));
-        }
-        if self.finetune.prefix == "cached" && self.finetune.augment {
-            return Err("finetune.prefix = \"cached\" needs finetune.augment = false".into());
-        }
-        if self.head.epochs == 0 || self.finetune.epochs == 0 {
-            return Err("epochs must be at least 1".into());
-        }
-        Ok(())
+        validate_head(&self.head).map_err(|e| format!("[head] {e}"))?;
+        self.finetune.settings.validate().map_err(|e| format!("[finetune] {e}"))
     }
 
     /// The resolved spec, as TOML (saved in each run folder).
@@ -173,29 +164,68 @@ impl Experiment {
     }
 }
 
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+/// What can be checked before the class count is known: everything but
+/// the length of explicit class weights (checked as if there were one class
+/// per weight; the head stage checks it against the dataset).
+fn validate_head(head: &HeadConfig) -> Result<(), contracts::head::ConfigError> {
+    let classes = match &head.class_weights {
+        ClassWeights::Explicit(weights) => weights.len().max(2),
+        ClassWeights::None | ClassWeights::Balanced => 2,
+    };
+    head.validate(classes)
+}
+
+fn section_defaults() -> toml::Table {
+    toml::Table::try_from(SectionDefaults::default()).expect("default settings serialise")
+}
+
+/// Writes one override into the experiment's TOML table. Tables on the way
+/// are created if missing; one created where the settings have a tagged
+/// enum (`head.optimizer`, `head.schedule`) starts with the default's
+/// `kind`, so `--set head.optimizer.lr=3e-4` tunes the default optimizer
+/// (set `...optimizer.kind` to change it).
+fn apply_override(table: &mut toml::Table, defaults: &toml::Table, item: &str) -> Result<(), String> {
     let (path, raw) = item.split_once('=').ok_or_else(|| format!("override {item:?} is not `section.field=value`"))?;
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    let keys: Vec<&str> = path.trim().split('.').collect();
+    let keys: Vec<&str> = path.trim().split('.').map(str::trim).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("override {item:?}: empty key in {path:?}"));
+    }
     let (last, parents) = keys.split_last().expect("split gives at least one key");
     let mut at = table;
+    let mut default_at = Some(defaults);
     for key in parents {
+        let default_here = default_at.and_then(|d| d.get(*key)).and_then(toml::Value::as_table);
         at = at
             .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .or_insert_with(|| toml::Value::Table(new_table(default_here)))
             .as_table_mut()
-            .ok_or_else(|| format!("override {item:?}: {key:?} is not a section"))?;
+            .ok_or_else(|| format!("override {item:?}: {key:?} is not a table"))?;
+        default_at = default_here;
     }
-    at.insert(last.to_string(), value);
+    at.insert(last.to_string(), override_value(raw));
     Ok(())
+}
+
+/// A table an override creates: empty, or the default's variant tag.
+fn new_table(default: Option<&toml::Table>) -> toml::Table {
+    let tag = default.and_then(|d| d.get(VARIANT_TAG));
+    tag.map(|kind| toml::Table::from_iter([(VARIANT_TAG.to_owned(), kind.clone())])).unwrap_or_default()
+}
+
+/// `raw` as a TOML value, or as a string when it is not one (`sgd`,
+/// `last:2`, `block4,block5`).
+fn override_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contracts::finetune::{Optimizer, PrefixMode};
+    use contracts::head::{AdamConfig, OptimizerConfig, SgdConfig};
 
     const BASE: &str = r#"
         name = "t"
@@ -205,30 +235,163 @@ mod tests {
         spec = "data-specs/models/tiny-vgg.toml"
     "#;
 
+    fn parse(overrides: &[&str]) -> Result<Experiment, String> {
+        Experiment::parse(BASE, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
     #[test]
-    fn defaults_and_overrides() {
-        let e = Experiment::parse(BASE, &[]).unwrap();
-        assert_eq!(e.head, Head::default());
+    fn defaults_are_the_stages_own() {
+        let e = parse(&[]).unwrap();
+        assert_eq!(e.head, HeadConfig::default());
+        assert_eq!(e.finetune, Finetune::default());
         assert!(e.finetune.enabled);
-        let e = Experiment::parse(
-            BASE,
-            &["head.epochs=7".into(), "head.hidden=[8, 4]".into(), "finetune.unfreeze=last:2".into()],
-        )
+        assert_eq!(e.finetune.settings, FinetuneConfig::default());
+    }
+
+    #[test]
+    fn overrides_reach_every_setting() {
+        let e = parse(&[
+            "head.epochs=7",
+            "head.hidden=[8, 4]",
+            "head.dropout=0.2",
+            "head.optimizer.lr=3e-4",
+            "head.schedule.kind=cosine",
+            "head.schedule.warmup_epochs=1",
+            "head.early_stopping.patience=5",
+            "head.class_weights=balanced",
+            "head.label_smoothing=0.1",
+            "finetune.unfreeze=last:2",
+            "finetune.optimizer=sgd",
+            "finetune.prefix=full",
+            "finetune.warmup_steps=20",
+        ])
         .unwrap();
-        assert_eq!((e.head.epochs, e.head.hidden.clone()), (7, vec![8, 4]));
-        assert_eq!(e.finetune.unfreeze, "last:2");
+        assert_eq!((e.head.epochs, e.head.hidden.clone(), e.head.dropout), (7, vec![8, 4], 0.2));
+        assert_eq!(e.head.optimizer, OptimizerConfig::Adam(AdamConfig { lr: 3e-4, ..Default::default() }));
+        assert_eq!(e.head.schedule, train_kit::Schedule::Cosine { warmup_epochs: 1.0, final_lr_ratio: 0.0 });
+        assert_eq!(e.head.early_stopping.patience, 5);
+        assert_eq!(e.head.class_weights, ClassWeights::Balanced);
+        assert_eq!(e.head.label_smoothing, 0.1);
+        assert_eq!(e.finetune.settings.unfreeze, "last:2");
+        assert_eq!(e.finetune.settings.optimizer, Optimizer::Sgd);
+        assert_eq!(e.finetune.settings.prefix, PrefixMode::Full);
+        assert_eq!(e.finetune.settings.warmup_steps, 20);
         // The resolved TOML parses back to the same experiment.
         assert_eq!(Experiment::parse(&e.to_toml(), &[]).unwrap(), e);
+
+        // Another optimizer: its own defaults, then its own fields, in either order.
+        for overrides in [
+            ["head.optimizer.kind=sgd", "head.optimizer.momentum=0.9"],
+            ["head.optimizer.momentum=0.9", "head.optimizer.kind=sgd"],
+        ] {
+            let e = parse(&overrides).unwrap();
+            assert_eq!(e.head.optimizer, OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..Default::default() }));
+        }
+        let e = parse(&["head.optimizer={kind = \"adamw\", lr = 0.01}"]).unwrap();
+        assert_eq!(e.head.optimizer.lr(), 0.01);
+        assert!(!parse(&["finetune.enabled=false"]).unwrap().finetune.enabled);
+    }
+
+    /// Every leaf of the stages' default settings, as a dotted path and a
+    /// changed value (numbers moved, booleans flipped; strings and arrays kept).
+    fn leaves(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (key, value) in table {
+            let path = format!("{prefix}.{key}");
+            match value {
+                toml::Value::Table(inner) => leaves(&path, inner, out),
+                toml::Value::Integer(i) => out.push((path, toml::Value::Integer(i + 1))),
+                toml::Value::Float(f) => out.push((path, toml::Value::Float(f * 0.5 + 0.01))),
+                toml::Value::Boolean(b) => out.push((path, toml::Value::Boolean(!b))),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+
+    fn at<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+        let mut keys = dotted.split('.');
+        let mut value = table.get(keys.next()?)?;
+        for key in keys {
+            value = value.as_table()?.get(key)?;
+        }
+        Some(value)
+    }
+
+    #[test]
+    fn every_stage_setting_is_reachable_with_set() {
+        let mut settings = Vec::new();
+        leaves("head", &toml::Table::try_from(HeadConfig::default()).unwrap(), &mut settings);
+        leaves("finetune", &toml::Table::try_from(FinetuneConfig::default()).unwrap(), &mut settings);
+        assert!(settings.len() > 30, "{} settings", settings.len());
+        for (path, value) in settings {
+            if path.ends_with(&format!(".{VARIANT_TAG}")) {
+                continue; // the variant tags have their own tests above
+            }
+            let item = format!("{path}={value}");
+            let e = parse(&[&item]).unwrap_or_else(|err| panic!("--set {item}: {err}"));
+            let resolved: toml::Table = toml::from_str(&e.to_toml()).unwrap();
+            assert_eq!(at(&resolved, &path), Some(&value), "--set {item} did not land");
+        }
+    }
+
+    #[test]
+    fn the_tables_of_a_file_are_the_stages_settings() {
+        let text = format!(
+            "{BASE}\n[head]\noptimizer = {{ kind = \"sgd\", lr = 0.05 }}\nseed = 3\n\
+             [finetune]\nenabled = false\nepochs = 4\noptimizer = \"sgd\"\n"
+        );
+        let e =
+            Experiment::parse(&text, &["head.optimizer.nesterov=true".into(), "head.optimizer.momentum=0.5".into()])
+                .unwrap();
+        let sgd = SgdConfig { lr: 0.05, momentum: 0.5, nesterov: true, ..Default::default() };
+        assert_eq!((e.head.optimizer.clone(), e.head.seed), (OptimizerConfig::Sgd(sgd), 3));
+        assert_eq!((e.finetune.enabled, e.finetune.settings.epochs), (false, 4));
+        assert_eq!(e.finetune.settings.optimizer, Optimizer::Sgd);
+    }
+
+    #[test]
+    fn every_experiment_in_data_specs_parses() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-specs/experiments");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let e = Experiment::parse(&text, &[]).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+                assert_eq!(Experiment::parse(&e.to_toml(), &[]).unwrap(), e, "{}", path.display());
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 4, "{parsed} experiments in {}", folder.display());
     }
 
     #[test]
     fn mistakes_are_named() {
-        let err = Experiment::parse(BASE, &["head.epoch=7".into()]).unwrap_err();
+        let err = parse(&["head.epoch=7"]).unwrap_err();
         assert!(err.contains("epoch"), "{err}");
-        let err = Experiment::parse(BASE, &["data.root=\"/x\"".into()]).unwrap_err();
+        let err = parse(&["head.optimizer.learning_rate=1"]).unwrap_err();
+        assert!(err.contains("learning_rate"), "{err}");
+        let err = parse(&["finetune.epoch=7"]).unwrap_err();
+        assert!(err.contains("epoch"), "unknown fine-tune keys are not dropped: {err}");
+        let err = parse(&["finetune.optimizer=adam"]).unwrap_err();
+        assert!(err.contains("adam"), "{err}");
+        let err = parse(&["finetune.enabled=\"no\""]).unwrap_err();
+        assert!(err.contains("enabled"), "{err}");
+        let err = parse(&["data.root=\"/x\""]).unwrap_err();
         assert!(err.contains("exactly one"), "{err}");
-        let err = Experiment::parse(BASE, &["finetune.prefix=cached".into()]).unwrap_err();
-        assert!(err.contains("augment"), "{err}");
-        assert!(Experiment::parse(BASE, &["nonsense".into()]).unwrap_err().contains("section.field=value"));
+        let err = parse(&["finetune.prefix=cached"]).unwrap_err();
+        assert!(err.contains("augment") && err.contains("[finetune]"), "{err}");
+        let err = parse(&["head.dropout=1.5"]).unwrap_err();
+        assert!(err.contains("dropout") && err.contains("[head]"), "{err}");
+        let err = parse(&["head.epochs=0"]).unwrap_err();
+        assert!(err.contains("epochs"), "{err}");
+        let err = parse(&["head.class_weights=[1.0, -1.0, 2.0]"]).unwrap_err();
+        assert!(err.contains("class_weights"), "{err}");
+        assert!(parse(&["head.class_weights=[1.0, 1.0, 2.0]"]).is_ok(), "the count is the head stage's to check");
+        let err = parse(&["head.epochs.x=1"]).unwrap_err();
+        assert!(err.contains("head.epochs"), "{err}");
+        let err = parse(&["head.epochs=1", "head.epochs.x=1"]).unwrap_err();
+        assert!(err.contains("not a table"), "{err}");
+        assert!(parse(&["nonsense"]).unwrap_err().contains("section.field=value"));
+        assert!(parse(&["head..epochs=1"]).unwrap_err().contains("empty key"));
     }
 }

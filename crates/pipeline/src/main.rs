@@ -19,7 +19,8 @@ struct Args {
     /// An experiment spec (TOML).
     #[arg(long, default_value = DEFAULT_EXPERIMENT)]
     experiment: PathBuf,
-    /// Override one field, e.g. `--set head.epochs=10` or `--set finetune.enabled=false` (repeatable).
+    /// Override one setting, e.g. `--set head.epochs=10`, `--set head.optimizer.lr=3e-4`,
+    /// `--set finetune.optimizer=sgd` or `--set finetune.enabled=false` (repeatable).
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     overrides: Vec<String>,
     /// Use this image folder (one sub-folder per class) instead of the experiment's data.

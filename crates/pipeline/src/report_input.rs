@@ -1,151 +1,231 @@
-//! The report's input, read from a run folder's files: `dataset/`
-//! (dataset.json, rejects.csv), `features/features.json`, `head/`
-//! (metrics.jsonl, evaluation-test.json), `finetune/` (finetune.json,
-//! run/metrics.jsonl, evaluation-test.json) and the run record.
+//! The report's input, read from a run folder's files, each through its
+//! typed contract: `dataset/` (`dataset.json`, `rejects.csv`),
+//! `features/features.json`, `head/` (`metrics.jsonl`,
+//! `evaluation-test.json`), `finetune/` (`finetune.json`,
+//! `run/metrics.jsonl`, `evaluation-test.json`) and the run record. A file
+//! that is missing or does not match its contract is an error naming it;
+//! nothing is filled in with a default.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use contracts::dataset::{DatasetInfo, INFO_FILE, REJECTS_FILE};
+use contracts::features::{FeaturesInfo, FEATURES_FILE};
+use contracts::finetune::{FinetuneSummary, PrefixMode, SUMMARY_FILE};
+use contracts::run::RunRecord;
+use contracts::{EpochRecord, Evaluation, JsonLines, Split};
 use report::{CurvePoint, DatasetSummary, ModelSummary, RejectRow, ReportInput, SplitSummary, StageTiming};
-use serde_json::Value;
+use serde::Deserialize;
 
-use crate::{Experiment, RunRecord};
+use crate::{Experiment, Stage};
+
+/// Test-split metrics, written by the head and fine-tune stages when the
+/// dataset has a test split.
+const TEST_EVALUATION: &str = "evaluation-test.json";
+/// The head's learning curve.
+const HEAD_METRICS: &str = "metrics.jsonl";
+/// Fine-tuning's learning curve, in its resumable run folder.
+const FINETUNE_METRICS: &str = "run/metrics.jsonl";
 
 pub fn build(run_dir: &Path, record: &RunRecord, experiment: &Experiment, model_spec: &Path) -> Result<ReportInput> {
-    let dataset = read_json(&run_dir.join("dataset/dataset.json"))?;
-    let features = read_json(&run_dir.join("features/features.json"))?;
-    let spec_text = std::fs::read_to_string(model_spec)?;
-    let spec = spec::ModelSpec::from_toml(&spec_text)?;
-    let classes: Vec<String> = serde_json::from_value(dataset["classes"].clone())?;
-    let split = |name: &str| SplitSummary {
-        rows: dataset["splits"][name]["rows"].as_u64().unwrap_or(0),
-        per_class: serde_json::from_value(dataset["splits"][name]["per_class"].clone()).unwrap_or_default(),
+    let outputs = Outputs { run_dir };
+    let dataset: DatasetInfo = contracts::read(&outputs.file(Stage::Ingest, INFO_FILE))?;
+    let features: FeaturesInfo = contracts::read(&outputs.file(Stage::Features, FEATURES_FILE))?;
+    let spec_text = std::fs::read_to_string(model_spec).with_context(|| format!("reading {}", model_spec.display()))?;
+    let spec = spec::ModelSpec::from_toml(&spec_text).with_context(|| format!("{}", model_spec.display()))?;
+    let tested = has_test_split(&dataset);
+    let finetuned = experiment.finetune.enabled;
+    Ok(ReportInput {
+        title: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        created: record.started_at.clone(),
+        experiment: experiment.to_toml(),
+        dataset: dataset_summary(&dataset, &outputs.file(Stage::Ingest, REJECTS_FILE))?,
+        model: ModelSummary {
+            name: spec.name.clone(),
+            pretrained: features.model.pretrained,
+            weights_note: features.model.weights_note.clone(),
+            input_size: spec.input.size,
+            embedding_len: features.embedding_len,
+        },
+        stages: stage_timings(record),
+        head_curve: curve(&outputs.file(Stage::Head, HEAD_METRICS))?,
+        finetune_curve: if finetuned { curve(&outputs.file(Stage::Finetune, FINETUNE_METRICS))? } else { Vec::new() },
+        head_test: test_evaluation(&outputs.file(Stage::Head, TEST_EVALUATION), tested)?,
+        finetune_test: match finetuned {
+            true => test_evaluation(&outputs.file(Stage::Finetune, TEST_EVALUATION), tested)?,
+            false => None,
+        },
+        notes: notes(record, experiment, &features),
+    })
+}
+
+/// A short note on what a completed stage did, from its output in the run
+/// folder (and, for the trained stages, whether the dataset has a test
+/// split to report on).
+pub fn stage_note(run_dir: &Path, stage: Stage) -> Result<String> {
+    let outputs = Outputs { run_dir };
+    let tested = || Ok::<_, anyhow::Error>(has_test_split(&contracts::read(&outputs.file(Stage::Ingest, INFO_FILE))?));
+    Ok(match stage {
+        Stage::Ingest => {
+            let info: DatasetInfo = contracts::read(&outputs.file(stage, INFO_FILE))?;
+            let rejected = rejects(&outputs.file(stage, REJECTS_FILE))?.len();
+            format!("{} images, {rejected} rejected or excluded", info.total_rows())
+        }
+        Stage::Features => {
+            let info: FeaturesInfo = contracts::read(&outputs.file(stage, FEATURES_FILE))?;
+            format!("{} cache hits, {} computed", info.hits, info.computed)
+        }
+        Stage::Head => match test_evaluation(&outputs.file(stage, TEST_EVALUATION), tested()?)? {
+            Some(evaluation) => format!("test accuracy {:.4}", evaluation.accuracy),
+            None => "no test split".to_owned(),
+        },
+        Stage::Finetune => finetune_note(&contracts::read(&outputs.file(stage, SUMMARY_FILE))?),
+    })
+}
+
+/// Where the stages' outputs are linked in a run folder.
+struct Outputs<'a> {
+    run_dir: &'a Path,
+}
+
+impl Outputs<'_> {
+    fn file(&self, stage: Stage, name: &str) -> PathBuf {
+        self.run_dir.join(stage.output_dir()).join(name)
+    }
+}
+
+fn has_test_split(dataset: &DatasetInfo) -> bool {
+    dataset.split(Split::Test).rows > 0
+}
+
+fn dataset_summary(dataset: &DatasetInfo, rejects_csv: &Path) -> Result<DatasetSummary> {
+    let split = |split: Split| {
+        let info = dataset.split(split);
+        SplitSummary { rows: info.rows as u64, per_class: info.per_class.iter().map(|&n| n as u64).collect() }
     };
+    Ok(DatasetSummary {
+        name: dataset.name.clone(),
+        classes: dataset.classes.clone(),
+        train: split(Split::Train),
+        validation: split(Split::Validation),
+        test: split(Split::Test),
+        rejects: rejects(rejects_csv)?,
+    })
+}
+
+fn stage_timings(record: &RunRecord) -> Vec<StageTiming> {
+    // The report adds the total row itself.
+    record
+        .stages
+        .iter()
+        .map(|s| StageTiming { name: s.name.clone(), status: s.status, seconds: s.seconds, note: s.note.clone() })
+        .collect()
+}
+
+fn notes(record: &RunRecord, experiment: &Experiment, features: &FeaturesInfo) -> Vec<String> {
     let mut notes: Vec<String> = record.model_note.iter().cloned().collect();
-    let pretrained = features["model"]["pretrained"].as_bool().unwrap_or(false);
-    if !pretrained {
+    if !features.model.pretrained {
         notes.push(
             "The conv base's weights are RANDOM (generated), not pretrained: the accuracies say nothing about \
              transfer learning."
                 .into(),
         );
     }
-    let finetune_dir = run_dir.join("finetune");
-    let finetune_ran = finetune_dir.join("finetune.json").exists();
     if !experiment.finetune.enabled {
         notes.push("Fine-tuning is disabled in this experiment (finetune.enabled = false).".into());
     }
-    // The report adds the total row itself.
-    let stages: Vec<StageTiming> = record
-        .stages
-        .iter()
-        .map(|s| StageTiming { name: s.name.clone(), status: s.status, seconds: s.seconds, note: s.note.clone() })
-        .collect();
-    Ok(ReportInput {
-        title: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        created: record.started_at.clone(),
-        experiment: experiment.to_toml(),
-        dataset: DatasetSummary {
-            name: dataset["name"].as_str().unwrap_or("dataset").to_owned(),
-            classes,
-            train: split("train"),
-            validation: split("validation"),
-            test: split("test"),
-            rejects: rejects(&run_dir.join("dataset/rejects.csv"))?,
-        },
-        model: ModelSummary {
-            name: spec.name.clone(),
-            pretrained,
-            weights_note: features["model"]["weights_note"].as_str().unwrap_or_default().to_owned(),
-            input_size: spec.input.size,
-            embedding_len: features["embedding_len"].as_u64().unwrap_or(0) as usize,
-        },
-        stages,
-        head_curve: curve(&run_dir.join("head/metrics.jsonl"))?,
-        finetune_curve: if finetune_ran { curve(&finetune_dir.join("run/metrics.jsonl"))? } else { Vec::new() },
-        head_test: evaluation(&run_dir.join("head/evaluation-test.json"))?,
-        finetune_test: if finetune_ran { evaluation(&finetune_dir.join("evaluation-test.json"))? } else { None },
-        notes,
-    })
+    notes
 }
 
-/// A short note on what a completed stage did, from its output files.
-pub fn stage_note(stage: &str, dir: &Path) -> Option<String> {
-    match stage {
-        "ingest" => {
-            let d = read_json(&dir.join("dataset.json")).ok()?;
-            let rows: u64 =
-                ["train", "validation", "test"].iter().filter_map(|s| d["splits"][s]["rows"].as_u64()).sum();
-            let rejected = rejects(&dir.join("rejects.csv")).map(|r| r.len()).unwrap_or(0);
-            Some(format!("{rows} images, {rejected} rejected or excluded"))
-        }
-        "features" => {
-            let f = read_json(&dir.join("features.json")).ok()?;
-            Some(format!("{} cache hits, {} computed", f["hits"], f["computed"]))
-        }
-        "head" => {
-            let e = read_json(&dir.join("evaluation-test.json")).ok()?;
-            Some(format!("test accuracy {:.4}", e["accuracy"].as_f64()?))
-        }
-        "finetune" => {
-            let f = read_json(&dir.join("finetune.json")).ok()?;
-            let mut note = format!("{} epochs, prefix mode {}", f["completed_epochs"], f["prefix_mode"].as_str()?);
-            if let Some(hits) = f["prefix_cache"]["hits"].as_u64() {
-                note += &format!(", prefix cache {hits} hits / {} computed", f["prefix_cache"]["computed"]);
-            }
-            if let Some(a) = f["test_accuracy"].as_f64() {
-                note += &format!(", test accuracy {a:.4}");
-            }
-            Some(note)
-        }
-        _ => None,
+fn finetune_note(summary: &FinetuneSummary) -> String {
+    let mut note =
+        format!("{} epochs, prefix mode {}", summary.completed_epochs, prefix_mode_name(summary.prefix_mode));
+    if let Some(cache) = &summary.prefix_cache {
+        note += &format!(", prefix cache {} hits / {} computed", cache.hits, cache.computed);
+    }
+    if let Some(accuracy) = summary.test_accuracy {
+        note += &format!(", test accuracy {accuracy:.4}");
+    }
+    note
+}
+
+fn prefix_mode_name(mode: PrefixMode) -> &'static str {
+    match mode {
+        PrefixMode::Auto => "auto",
+        PrefixMode::Full => "full",
+        PrefixMode::Inference => "inference",
+        PrefixMode::Cached => "cached",
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+/// One line of `rejects.csv` (`path,kind,reason`).
+#[derive(Deserialize)]
+struct RejectLine {
+    path: String,
+    #[allow(dead_code)] // read to check the file's shape; the report shows path and reason
+    kind: String,
+    reason: String,
 }
 
 fn rejects(path: &Path) -> Result<Vec<RejectRow>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = Vec::new();
-    for row in reader.records() {
-        let row = row.with_context(|| format!("reading {}", path.display()))?;
-        rows.push(RejectRow {
-            path: row.get(0).unwrap_or_default().to_owned(),
-            reason: row.get(2).unwrap_or_default().to_owned(),
-        });
-    }
-    Ok(rows)
-}
-
-/// Learning curves from a metrics log: the head's (`train_loss`,
-/// `train_accuracy`, `val_loss`, `val_accuracy`) and fine-tuning's share
-/// these names.
-fn curve(path: &Path) -> Result<Vec<CurvePoint>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    reader
+        .deserialize()
         .map(|line| {
-            let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {}", path.display()))?;
-            Ok(CurvePoint {
-                epoch: v["epoch"].as_u64().unwrap_or(0) as usize,
-                train_loss: v["train_loss"].as_f64().unwrap_or(f64::NAN),
-                val_loss: v["val_loss"].as_f64(),
-                train_accuracy: v["train_accuracy"].as_f64().unwrap_or(f64::NAN),
-                val_accuracy: v["val_accuracy"].as_f64(),
-            })
+            let line: RejectLine = line.with_context(|| format!("reading {}", path.display()))?;
+            Ok(RejectRow { path: line.path, reason: line.reason })
         })
         .collect()
 }
 
-fn evaluation(path: &Path) -> Result<Option<train_kit::Evaluation>> {
-    if !path.exists() {
-        return Ok(None);
+/// A learning curve from a metrics log (the head's and fine-tuning's are
+/// both [`EpochRecord`]s).
+fn curve(path: &Path) -> Result<Vec<CurvePoint>> {
+    let records: Vec<EpochRecord> = JsonLines::read_all(path)?;
+    Ok(records
+        .into_iter()
+        .map(|r| CurvePoint {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            val_loss: r.val_loss,
+            train_accuracy: r.train_accuracy,
+            val_accuracy: r.val_accuracy,
+        })
+        .collect())
+}
+
+/// The stage's test-split metrics: required when the dataset has a test
+/// split, absent (and not looked for) when it has none.
+fn test_evaluation(path: &Path, tested: bool) -> Result<Option<Evaluation>> {
+    Ok(if tested { Some(contracts::read(path)?) } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renamed_field_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        let head = r#"{"epoch":1,"epochs":1,"steps":1,"global_step":1,"learning_rate":0.1,"train_loss":1.0,"#;
+        let tail = r#""val_loss":null,"val_accuracy":null,"monitor":1.0,"best":true,"seconds":0.1,"train_examples_per_second":9.0}"#;
+        std::fs::write(&metrics, format!("{head}\"train_accuracy\":0.5,{tail}\n")).unwrap();
+        let points = curve(&metrics).unwrap();
+        assert_eq!((points.len(), points[0].train_accuracy, points[0].val_loss), (1, 0.5, None));
+        std::fs::write(&metrics, format!("{head}\"train_acc\":0.5,{tail}\n")).unwrap();
+        let err = format!("{:#}", curve(&metrics).unwrap_err());
+        assert!(err.contains("metrics.jsonl") && err.contains("train_accuracy"), "{err}");
+
+        let rejects_csv = dir.path().join("rejects.csv");
+        std::fs::write(&rejects_csv, "path,kind,reason\na/x.png,corrupt,bad bytes\n").unwrap();
+        let rows = rejects(&rejects_csv).unwrap();
+        assert_eq!((rows[0].path.as_str(), rows[0].reason.as_str()), ("a/x.png", "bad bytes"));
+        std::fs::write(&rejects_csv, "file,kind,why\na/x.png,corrupt,bad bytes\n").unwrap();
+        let err = format!("{:#}", rejects(&rejects_csv).unwrap_err());
+        assert!(err.contains("rejects.csv") && err.contains("path"), "{err}");
+        let missing = dir.path().join("evaluation-test.json");
+        assert!(test_evaluation(&missing, false).unwrap().is_none());
+        assert!(format!("{:#}", test_evaluation(&missing, true).unwrap_err()).contains("evaluation-test.json"));
     }
-    Ok(Some(serde_json::from_value(read_json(path)?)?))
 }

@@ -1,36 +1,30 @@
 //! The stage store: `<runs>/.store/<stage>-<fingerprint16>/`, one folder per
-//! stage output, complete once it holds [`MARKER`] (written last). A run
-//! folder gets hard-linked copies, so later runs never touch it and no
-//! bytes are duplicated.
+//! stage output, complete once it holds its [`StageMarker`]
+//! (`.stage.json`, written last). A run folder gets hard-linked copies, so
+//! later runs never touch it and no bytes are duplicated. The demo images
+//! are generated into the store too (`demo-images-<fp16>/`, by ingest).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use contracts::run::{StageMarker, MARKER_FILE};
 
-/// Written by the conductor after a stage succeeded.
-pub const MARKER: &str = ".stage.json";
+use crate::Stage;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Marker {
-    pub stage: String,
-    pub fingerprint: String,
-    pub seconds: f64,
-    pub finished_at: String,
-}
-
-pub fn stage_dir(store: &Path, stage: &str, fingerprint: &str) -> PathBuf {
+pub fn stage_dir(store: &Path, stage: Stage, fingerprint: &str) -> PathBuf {
     store.join(format!("{stage}-{}", &fingerprint[..16]))
 }
 
-/// The marker of a complete output with this fingerprint, if any.
-pub fn complete(dir: &Path, fingerprint: &str) -> Option<Marker> {
-    let marker: Marker = serde_json::from_slice(&std::fs::read(dir.join(MARKER)).ok()?).ok()?;
+/// The marker of a complete output with this fingerprint, if any. A marker
+/// that does not read (another schema version, a torn file) means "not
+/// complete": the stage runs again.
+pub fn complete(dir: &Path, fingerprint: &str) -> Option<StageMarker> {
+    let marker: StageMarker = contracts::read(&dir.join(MARKER_FILE)).ok()?;
     (marker.fingerprint == fingerprint).then_some(marker)
 }
 
-pub fn mark_complete(dir: &Path, marker: &Marker) -> Result<()> {
-    Ok(atomic_file::write(&dir.join(MARKER), &serde_json::to_vec_pretty(marker)?)?)
+pub fn mark_complete(dir: &Path, marker: &StageMarker) -> Result<()> {
+    Ok(contracts::write(&dir.join(MARKER_FILE), marker)?)
 }
 
 /// Copies `from` into `to` (which must not exist) as hard links, falling
@@ -49,50 +43,25 @@ pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A digest of a folder's files: sorted relative paths and SHA-256 of each
-/// file's bytes (hidden entries skipped, as ingest skips them). Content,
-/// not timestamps: touching a file changes nothing, editing one does.
-pub fn digest_folder(root: &Path) -> Result<String> {
-    use rayon::prelude::*;
-    use sha2::{Digest, Sha256};
-    let mut files = Vec::new();
-    let visible = |e: &walkdir::DirEntry| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.');
-    for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().filter_entry(visible) {
-        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
-        if entry.file_type().is_file() {
-            files.push(entry.path().to_owned());
-        }
-    }
-    let digests: Vec<String> = files
-        .par_iter()
-        .map(|path| {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(format!(
-                "{}\t{}",
-                path.strip_prefix(root).unwrap_or(path).display(),
-                hex::encode(Sha256::digest(&bytes))
-            ))
-        })
-        .collect::<Result<_>>()?;
-    Ok(spec::sha256_hex(digests.join("\n").as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_folder_digest_follows_content_not_timestamps() {
+    fn a_marker_vouches_for_its_fingerprint_only() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("a")).unwrap();
-        std::fs::write(dir.path().join("a/x.png"), b"one").unwrap();
-        std::fs::write(dir.path().join(".hidden"), b"ignored").unwrap();
-        let first = digest_folder(dir.path()).unwrap();
-        std::fs::write(dir.path().join("a/x.png"), b"one").unwrap(); // rewritten, same bytes
-        std::fs::write(dir.path().join(".hidden"), b"changed").unwrap();
-        assert_eq!(digest_folder(dir.path()).unwrap(), first);
-        std::fs::write(dir.path().join("a/x.png"), b"two").unwrap();
-        assert_ne!(digest_folder(dir.path()).unwrap(), first);
+        let fingerprint = "ab".repeat(32);
+        assert!(complete(dir.path(), &fingerprint).is_none());
+        let marker = StageMarker {
+            stage: Stage::Head.name().into(),
+            fingerprint: fingerprint.clone(),
+            seconds: 1.5,
+            finished_at: "2026-01-01T00:00:00Z".into(),
+        };
+        mark_complete(dir.path(), &marker).unwrap();
+        assert_eq!(complete(dir.path(), &fingerprint), Some(marker));
+        assert!(complete(dir.path(), &"cd".repeat(32)).is_none());
+        assert_eq!(stage_dir(Path::new("s"), Stage::Ingest, &fingerprint), Path::new("s/ingest-abababababababab"));
     }
 
     #[test]
