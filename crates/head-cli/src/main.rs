@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use contracts::features::FEATURES_FILE;
 use dataset::{Dataset, Split};
 use feature_cache::{load_split, SplitFeatures, Store};
@@ -55,12 +55,8 @@ enum Command {
     },
     /// Metrics of a trained head on one split, as a table and JSON.
     Evaluate {
-        #[arg(long)]
-        head: PathBuf,
-        #[arg(long)]
-        features: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: Split,
+        #[command(flatten)]
+        on: OnSplit,
         #[arg(long, value_delimiter = ',', default_value = "1,3")]
         top_k: Vec<usize>,
         /// Write the evaluation as JSON here.
@@ -69,18 +65,36 @@ enum Command {
     },
     /// Top-k classes with probabilities for every row of a split, as CSV.
     Predict {
-        #[arg(long)]
-        head: PathBuf,
-        #[arg(long)]
-        features: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: Split,
+        #[command(flatten)]
+        on: OnSplit,
         #[arg(long, default_value_t = 3)]
         top_k: usize,
         /// CSV output (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// A trained head and the split of a features stage's output it runs on.
+#[derive(Args)]
+struct OnSplit {
+    /// Folder holding the trained head.
+    #[arg(long)]
+    head: PathBuf,
+    /// Folder holding the features stage's `features.json`.
+    #[arg(long)]
+    features: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: Split,
+}
+
+impl OnSplit {
+    /// Loads the head, checks it against the features, and opens them.
+    fn open(&self) -> Result<(TrainedHead, Dataset, Store)> {
+        let head = io::load(&self.head).with_context(|| format!("loading the head from {}", self.head.display()))?;
+        let (dataset, store) = open_features(&self.features, &head)?;
+        Ok((head, dataset, store))
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,9 +126,9 @@ fn run(cli: Cli) -> Result<()> {
             config.seed = seed.unwrap_or(config.seed);
             train(&features, &out, &config, memory_budget_mb << 20)
         }
-        Command::Evaluate { head, features, split, top_k, out } => {
-            let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
-            let (dataset, store) = open_features(&features, &head)?;
+        Command::Evaluate { on, top_k, out } => {
+            let (head, dataset, store) = on.open()?;
+            let split = on.split;
             let data = load_split(&dataset, &store, split)?;
             let report = head.evaluate(data.features.view(), &labels(&data), &top_k);
             println!("{split} split, {} images\n{report}", data.labels.len());
@@ -123,9 +137,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Predict { head, features, split, top_k, out } => {
-            let head = io::load(&head).with_context(|| format!("loading the head from {}", head.display()))?;
-            let (dataset, store) = open_features(&features, &head)?;
+        Command::Predict { on, top_k, out } => {
+            let (head, dataset, store) = on.open()?;
+            let split = on.split;
             let records = dataset.index(split)?;
             let data = load_split(&dataset, &store, split)?;
             let probs = head.predict_proba(data.features.view());

@@ -5,15 +5,17 @@
 //! - [`model`]: dense layers, activations, dropout, forward and backward.
 //! - [`loss`]: softmax fused with cross-entropy (label smoothing, class weights).
 //! - [`optim`]: SGD/momentum/Nesterov, Adam, AdamW, as fused element-wise updates.
-//! - [`schedule`]: constant, step, cosine with warm-up, one-cycle.
-//! - [`metrics`]: accuracy, top-k, per-class precision/recall/F1, confusion matrix.
 //! - [`train`]: the loop over a [`BatchSource`], early stopping, determinism.
-//! - [`config`]: [`HeadConfig`], the serde form used in experiment specs.
+//! - [`config`]: [`HeadConfig`] (defined with the head's file contract in
+//!   `contracts::head`), the `[head]` table of an experiment.
 //! - [`artifact`]: a trained head with its metadata.
 //! - [`io`]: safetensors + JSON files and the JSON-lines metrics log.
 //! - [`onnx_export`]: the head as an ONNX graph (embedding → probabilities).
 //!
-//! Everything except [`io`] and [`onnx_export`] is pure: no files, no Parquet, no ONNX Runtime.
+//! Schedules, early stopping, epoch records and metrics come from
+//! `train-kit`, shared with fine-tuning. Everything except [`io`] and
+//! [`onnx_export`] is pure: no files, no Parquet, no ONNX Runtime (the
+//! `head` binary that reads the feature cache is the `head-cli` crate).
 //! The math is generic over [`Scalar`] (`f32`, `f64`) so the exact code that
 //! trains in f32 is checked against finite differences in f64.
 

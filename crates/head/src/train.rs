@@ -410,25 +410,15 @@ pub fn fit_model<T: Scalar>(
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<FitOutcome<T>, TrainError> {
     let classes = model.num_classes();
-    config.validate(classes)?;
-    if model.input_dim() == 0 {
-        return Err(TrainError::ZeroWidth);
-    }
-    let n = train.len();
-    if n == 0 {
-        return Err(TrainError::EmptyTrainingSet);
-    }
-    check_source("training", train, model.input_dim(), classes)?;
-    if let Some(v) = validation.as_deref() {
-        check_source("validation", v, model.input_dim(), classes)?;
-    }
+    check_inputs(config, &model, train, validation.as_deref())?;
+    // An empty validation set is no validation: the monitor falls back to
+    // the training metric.
     let mut validation = validation.filter(|v| !v.is_empty());
     let monitor = if validation.is_some() {
         config.early_stopping.monitor
     } else {
         config.early_stopping.monitor.without_validation()
     };
-
     let class_weights = resolve_class_weights(config, train.labels(), classes);
     let mut trainer = Trainer::new(
         model,
@@ -438,31 +428,143 @@ pub fn fit_model<T: Scalar>(
         class_weights.as_deref(),
         config.seed,
     );
-    let batch = config.batch_size.min(n);
-    let steps_per_epoch = n.div_ceil(batch) as u64;
-    let total_steps = steps_per_epoch * config.epochs as u64;
-    let base_lr = config.optimizer.lr();
+    let mut epochs = Epochs::new(config, train.len(), train.dim());
+    // Validation loss is smoothed like training's, but never class-weighted.
     let eval_loss = LossOptions { label_smoothing: T::of(config.label_smoothing), class_weights: None };
 
-    let mut x = Array2::<T>::zeros((batch, train.dim()));
-    let mut order: Vec<usize> = (0..n).collect();
     let mut history = Vec::new();
     let mut tracker = Tracker::default();
     let mut best_model: Option<Mlp<T>> = None;
     let mut stopped_early = false;
-
     for epoch in 0..config.epochs {
         let started = Instant::now();
-        if config.shuffle {
-            order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-            Xoshiro256::stream(config.seed, &[STREAM_SHUFFLE, epoch as u64]).shuffle(&mut order);
+        let pass = epochs.train_one(config, epoch, &mut trainer, train)?;
+        let (val_loss, val_accuracy) = match validation.as_deref_mut() {
+            Some(v) => {
+                let (loss, accuracy) = validate(trainer.model(), v, &eval_loss)?;
+                (Some(loss), Some(accuracy))
+            }
+            None => (None, None),
+        };
+        let value = monitored_value(monitor, &pass, val_loss, val_accuracy);
+        let improved = tracker.observe(value, epoch + 1, monitor.maximise(), config.early_stopping.min_delta);
+        if improved && config.early_stopping.restore_best {
+            best_model = Some(trainer.model().clone());
         }
-        let (mut loss_sum, mut correct, mut lr) = (0.0f64, 0usize, base_lr);
-        for (s, indices) in order.chunks(batch).enumerate() {
-            let global = epoch as u64 * steps_per_epoch + s as u64;
-            lr = config.schedule.lr(base_lr, global, steps_per_epoch, total_steps);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            epochs: config.epochs,
+            steps: epochs.steps_per_epoch as usize,
+            global_step: (epoch + 1) * epochs.steps_per_epoch as usize,
+            learning_rate: pass.lr,
+            train_loss: pass.loss,
+            train_accuracy: pass.accuracy,
+            val_loss,
+            val_accuracy,
+            monitor: value,
+            best: improved,
+            seconds: started.elapsed().as_secs_f64(),
+            train_examples_per_second: train.len() as f64 / pass.seconds.max(1e-9),
+            input_seconds: 0.0,
+        };
+        on_epoch(&record);
+        history.push(record);
+        // The last epoch ends the run anyway: stopping there is not "early".
+        let out_of_patience = tracker.out_of_patience(config.early_stopping.patience);
+        if config.early_stopping.enabled && out_of_patience && epoch + 1 < config.epochs {
+            stopped_early = true;
+            break;
+        }
+    }
+    let best_epoch = tracker.best_epoch().unwrap_or(history.len());
+    let model = best_model.unwrap_or_else(|| trainer.into_model());
+    Ok(FitOutcome { model, history, monitor, best_epoch, stopped_early, class_weights })
+}
+
+/// Refuses a configuration or data the model cannot train on, before any
+/// work: a bad config, zero-width embeddings, no training rows, rows of the
+/// wrong width or labels beyond the model's classes.
+fn check_inputs<T: Scalar>(
+    config: &HeadConfig,
+    model: &Mlp<T>,
+    train: &dyn BatchSource<T>,
+    validation: Option<&dyn BatchSource<T>>,
+) -> Result<(), TrainError> {
+    let classes = model.num_classes();
+    config.validate(classes)?;
+    if model.input_dim() == 0 {
+        return Err(TrainError::ZeroWidth);
+    }
+    if train.is_empty() {
+        return Err(TrainError::EmptyTrainingSet);
+    }
+    check_source("training", train, model.input_dim(), classes)?;
+    if let Some(v) = validation {
+        check_source("validation", v, model.input_dim(), classes)?;
+    }
+    Ok(())
+}
+
+/// What one epoch's pass over the training rows measured.
+struct TrainPass {
+    /// Mean loss over the epoch's rows.
+    loss: f64,
+    /// Training-mode accuracy (dropout on).
+    accuracy: f64,
+    /// The learning rate of the epoch's last step.
+    lr: f64,
+    /// Wall time of the pass (shuffle included, validation not).
+    seconds: f64,
+}
+
+/// The mini-batch plan shared by every epoch: batch size and step counts
+/// (the schedule needs them), the row order and one reused batch buffer.
+struct Epochs<T> {
+    batch: usize,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    base_lr: f64,
+    order: Vec<usize>,
+    x: Array2<T>,
+}
+
+impl<T: Scalar> Epochs<T> {
+    fn new(config: &HeadConfig, rows: usize, dim: usize) -> Self {
+        let batch = config.batch_size.min(rows);
+        let steps_per_epoch = rows.div_ceil(batch) as u64;
+        Epochs {
+            batch,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * config.epochs as u64,
+            base_lr: config.optimizer.lr(),
+            order: (0..rows).collect(),
+            x: Array2::zeros((batch, dim)),
+        }
+    }
+
+    /// One pass over the training rows (shuffled when configured), one
+    /// step per mini-batch. A non-finite loss stops training, naming the
+    /// step, before that step's update is applied.
+    fn train_one(
+        &mut self,
+        config: &HeadConfig,
+        epoch: usize,
+        trainer: &mut Trainer<T>,
+        train: &mut dyn BatchSource<T>,
+    ) -> Result<TrainPass, TrainError> {
+        let started = Instant::now();
+        if config.shuffle {
+            // Reset before shuffling, so an epoch's order depends only on
+            // (seed, epoch), not on the epochs before it.
+            self.order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+            Xoshiro256::stream(config.seed, &[STREAM_SHUFFLE, epoch as u64]).shuffle(&mut self.order);
+        }
+        let (mut loss_sum, mut correct, mut lr) = (0.0f64, 0usize, self.base_lr);
+        for (s, indices) in self.order.chunks(self.batch).enumerate() {
+            let global = epoch as u64 * self.steps_per_epoch + s as u64;
+            lr = config.schedule.lr(self.base_lr, global, self.steps_per_epoch, self.total_steps);
             let labels: Vec<usize> = indices.iter().map(|&i| train.labels()[i]).collect();
-            let mut xb = x.slice_mut(s![..indices.len(), ..]);
+            let mut xb = self.x.slice_mut(s![..indices.len(), ..]);
             train.fill(indices, xb.view_mut()).map_err(TrainError::Source)?;
             let out = trainer.step(xb.view(), &labels, lr);
             if !out.loss.is_finite() {
@@ -476,60 +578,37 @@ pub fn fit_model<T: Scalar>(
             loss_sum += out.loss * indices.len() as f64;
             correct += out.correct;
         }
-        let train_seconds = started.elapsed().as_secs_f64();
-        let train_loss = loss_sum / n as f64;
-        let train_accuracy = correct as f64 / n as f64;
-        let (val_loss, val_accuracy) = match validation.as_deref_mut() {
-            Some(v) => {
-                let logits = logits_of(trainer.model(), v).map_err(TrainError::Source)?;
-                let loss = softmax_cross_entropy(logits.view(), v.labels(), &eval_loss, None);
-                let hits = argmax_rows(logits.view()).iter().zip(v.labels()).filter(|(p, y)| p == y).count();
-                (Some(loss), Some(hits as f64 / v.len() as f64))
-            }
-            None => (None, None),
-        };
-        let value = match monitor {
-            Monitor::ValLoss => val_loss.expect("validation present"),
-            Monitor::ValAccuracy => val_accuracy.expect("validation present"),
-            Monitor::TrainLoss => train_loss,
-            Monitor::TrainAccuracy => train_accuracy,
-        };
-        let improved = tracker.observe(value, epoch + 1, monitor.maximise(), config.early_stopping.min_delta);
-        if improved {
-            if config.early_stopping.restore_best {
-                best_model = Some(trainer.model().clone());
-            }
-        }
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            epochs: config.epochs,
-            steps: steps_per_epoch as usize,
-            global_step: (epoch + 1) * steps_per_epoch as usize,
-            learning_rate: lr,
-            train_loss,
-            train_accuracy,
-            val_loss,
-            val_accuracy,
-            monitor: value,
-            best: improved,
+        let rows = self.order.len() as f64;
+        Ok(TrainPass {
+            loss: loss_sum / rows,
+            accuracy: correct as f64 / rows,
+            lr,
             seconds: started.elapsed().as_secs_f64(),
-            train_examples_per_second: n as f64 / train_seconds.max(1e-9),
-            input_seconds: 0.0,
-        };
-        on_epoch(&record);
-        history.push(record);
-        let out_of_patience = tracker.out_of_patience(config.early_stopping.patience);
-        if config.early_stopping.enabled && out_of_patience && epoch + 1 < config.epochs {
-            stopped_early = true;
-            break;
-        }
+        })
     }
-    let best_epoch = tracker.best_epoch().unwrap_or(history.len());
-    let model = match best_model {
-        Some(m) => m,
-        None => trainer.into_model(),
-    };
-    Ok(FitOutcome { model, history, monitor, best_epoch, stopped_early, class_weights })
+}
+
+/// Loss and accuracy of `model` on a validation set (inference mode).
+fn validate<T: Scalar>(
+    model: &Mlp<T>,
+    validation: &mut dyn BatchSource<T>,
+    eval_loss: &LossOptions<T>,
+) -> Result<(f64, f64), TrainError> {
+    let logits = logits_of(model, validation).map_err(TrainError::Source)?;
+    let loss = softmax_cross_entropy(logits.view(), validation.labels(), eval_loss, None);
+    let hits = argmax_rows(logits.view()).iter().zip(validation.labels()).filter(|(p, y)| p == y).count();
+    Ok((loss, hits as f64 / validation.len() as f64))
+}
+
+/// The value early stopping watches this epoch. Validation metrics are
+/// present whenever the monitor names one (see [`Monitor::without_validation`]).
+fn monitored_value(monitor: Monitor, pass: &TrainPass, val_loss: Option<f64>, val_accuracy: Option<f64>) -> f64 {
+    match monitor {
+        Monitor::ValLoss => val_loss.expect("validation present"),
+        Monitor::ValAccuracy => val_accuracy.expect("validation present"),
+        Monitor::TrainLoss => pass.loss,
+        Monitor::TrainAccuracy => pass.accuracy,
+    }
 }
 
 #[cfg(test)]

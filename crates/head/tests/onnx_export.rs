@@ -3,7 +3,7 @@
 
 use head::{onnx_export, train_head, HeadConfig, InMemory};
 use ndarray::Array2;
-use runtime::ort;
+use runtime::{ort, ModelSource, SessionOptions};
 use train_kit::Xoshiro256;
 
 fn data(n: usize, dim: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
@@ -21,10 +21,9 @@ fn exported_head_matches_rust_forward_pass_in_onnx_runtime() {
         let config = HeadConfig { hidden: hidden.clone(), epochs: 3, batch_size: 16, ..Default::default() };
         let head = train_head(&config, &names, &mut InMemory::new(x.view(), &y), None, &mut |_| {}).unwrap();
         let model = onnx_export::to_onnx(&head);
-        let env = runtime::init_ort().unwrap_or_else(|e| panic!("ONNX Runtime is needed for this test: {e}"));
-        let mut session = ort::session::Session::builder(env)
-            .unwrap()
-            .commit_from_memory(&onnx_graph::encode_model(&model))
+        runtime::init_ort().unwrap_or_else(|e| panic!("ONNX Runtime is needed for this test: {e}"));
+        let bytes = onnx_graph::encode_model(&model);
+        let mut session = runtime::open_session(&SessionOptions::default(), ModelSource::Memory(&bytes))
             .unwrap_or_else(|e| panic!("ORT refused the exported head: {e}"));
         let (probe, _) = data(7, 10, 2);
         let input = ort::value::Tensor::from_array(([7i64, 10], probe.iter().copied().collect::<Vec<f32>>())).unwrap();
