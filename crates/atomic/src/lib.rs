@@ -100,5 +100,7 @@ mod tests {
         assert_eq!(partial_pid(name), Some(std::process::id()));
         assert_eq!(partial_pid("seg-1.parquet"), None);
         assert_eq!(partial_pid(".key.json.partial"), None);
+        // The feature cache's segments are written under this name too.
+        assert_eq!(partial_pid(".seg-00000000000000000001-42-000003.parquet.42.partial"), Some(42));
     }
 }

@@ -72,6 +72,12 @@ pub struct CacheInfo {
     pub key: CacheKey,
 }
 
+/// A cache folder's `key.json`.
+impl Contract for CacheKey {
+    const NAME: &'static str = "key.json";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
 impl Contract for FeaturesInfo {
     const NAME: &'static str = "features.json";
     const SCHEMA_VERSION: u32 = 1;

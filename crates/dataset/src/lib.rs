@@ -1,7 +1,7 @@
 //! The ingested dataset on disk: sharded Parquet files per split plus
 //! `dataset.json` (`contracts::dataset::DatasetInfo`). The ingest stage
-//! writes it with [`DatasetWriter`]; the features, head, finetune and
-//! predict stages read it with [`Dataset`], never through the ingest crate.
+//! writes it with [`DatasetWriter`]; the features, head and finetune
+//! stages read it with [`Dataset`], never through the ingest crate.
 //!
 //! - [`schema`]: columns and key-value metadata (the Parquet contract).
 //! - [`write`]: one shard series per split, bounded row groups, flat memory.

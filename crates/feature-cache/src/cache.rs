@@ -29,8 +29,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type};
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, StringArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_select::filter::filter_record_batch;
 use ndarray::{Array2, ArrayView2};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -106,18 +109,14 @@ impl FeatureCache {
                     ),
                 })
             }
-            Err(_) => write_atomically(
-                &key_file,
-                (serde_json::to_string_pretty(key).expect("keys serialise") + "\n").as_bytes(),
-            )?,
+            Err(_) => contracts::write(&key_file, key)?,
         }
         Ok(Store::with_key(dir, key.clone()))
     }
 }
 
 fn read_key_file(path: &Path) -> Result<CacheKey, CacheError> {
-    let text = std::fs::read_to_string(path).map_err(CacheError::io(path))?;
-    serde_json::from_str(&text).map_err(|e| CacheError::Cache { path: path.to_path_buf(), reason: e.to_string() })
+    Ok(contracts::read(path)?)
 }
 
 /// A file of a store that was not trusted: why, and where it went.
@@ -327,7 +326,12 @@ impl Store {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = partial_pid(&name) else { continue };
+            // Segment temporaries only: the store writes `key.json` through
+            // atomic_file, which removes its own temporary on failure.
+            if !name.starts_with(".seg-") {
+                continue;
+            }
+            let Some(pid) = atomic_file::partial_pid(&name) else { continue };
             if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -353,10 +357,9 @@ impl Store {
                 Arc::new(Float16Array::from(values.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>())),
             ),
         };
-        let list = FixedSizeListArray::try_new(item, self.key.embedding_len as i32, values, None)
-            .map_err(|e| CacheError::Cache { path: self.dir.clone(), reason: e.to_string() })?;
-        RecordBatch::try_new(self.schema.clone(), vec![ids, Arc::new(list)])
-            .map_err(|e| CacheError::Cache { path: self.dir.clone(), reason: e.to_string() })
+        let arrow = |source| CacheError::Arrow { path: self.dir.clone(), what: "cannot build a segment", source };
+        let list = FixedSizeListArray::try_new(item, self.key.embedding_len as i32, values, None).map_err(arrow)?;
+        RecordBatch::try_new(self.schema.clone(), vec![ids, Arc::new(list)]).map_err(arrow)
     }
 
     fn write_segment(&self, batches: &[RecordBatch], rows_per_group: usize) -> Result<PathBuf, CacheError> {
@@ -365,7 +368,7 @@ impl Store {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("seg-{nanos:020}-{pid}-{n:06}.parquet");
         let path = self.dir.join(&name);
-        let partial = self.dir.join(format!(".{name}.{pid}.partial"));
+        let partial = atomic_file::partial_path(&path);
         let result = (|| -> Result<(), CacheError> {
             let file = File::create(&partial).map_err(CacheError::io(&partial))?;
             let parquet = |source| CacheError::Parquet { path: partial.clone(), source };
@@ -475,16 +478,14 @@ impl Store {
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, segment.metadata.clone())
                 .build()
                 .map_err(|source| CacheError::Parquet { path: segment.path.clone(), source })?;
+            let arrow = |what, source| CacheError::Arrow { path: segment.path.clone(), what, source };
             for batch in reader {
-                let batch = batch.map_err(|e| CacheError::Cache {
-                    path: segment.path.clone(),
-                    reason: format!("cannot read while compacting: {e}"),
-                })?;
-                let keep: Vec<u32> = (0..batch.num_rows())
-                    .filter(|&i| seen.insert(batch.column(0).as_string::<i32>().value(i).to_string()))
-                    .map(|i| i as u32)
-                    .collect();
-                let batch = arrow_select_rows(&batch, &keep);
+                let batch = batch.map_err(|e| arrow("cannot read while compacting", e))?;
+                // The first copy of each content id; later ones are duplicates.
+                let ids = batch.column(0).as_string::<i32>();
+                let first: BooleanArray =
+                    ids.iter().map(|id| Some(seen.insert(id.unwrap_or_default().to_string()))).collect();
+                let batch = filter_record_batch(&batch, &first).map_err(|e| arrow("cannot drop duplicates", e))?;
                 pending_rows += batch.num_rows();
                 pending.push(batch);
                 if pending_rows >= MERGED_SEGMENT_ROWS {
@@ -502,52 +503,6 @@ impl Store {
         }
         Ok(merged_sources.len())
     }
-}
-
-/// Rows `keep` of a (content_id, embedding) batch.
-fn arrow_select_rows(batch: &RecordBatch, keep: &[u32]) -> RecordBatch {
-    if keep.len() == batch.num_rows() {
-        return batch.clone();
-    }
-    // Rows are kept in order: slice runs of consecutive rows and concatenate.
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < keep.len() {
-        let start = keep[i];
-        let mut end = start + 1;
-        while i + 1 < keep.len() && keep[i + 1] == end {
-            end += 1;
-            i += 1;
-        }
-        parts.push(batch.slice(start as usize, (end - start) as usize));
-        i += 1;
-    }
-    match parts.len() {
-        0 => batch.slice(0, 0),
-        1 => parts.pop().expect("one part"),
-        _ => concat(&parts),
-    }
-}
-
-fn concat(parts: &[RecordBatch]) -> RecordBatch {
-    let schema = parts[0].schema();
-    let ids: Vec<&str> = parts.iter().flat_map(|b| b.column(0).as_string::<i32>().iter().flatten()).collect();
-    let lists: Vec<&FixedSizeListArray> = parts.iter().map(|b| b.column(1).as_fixed_size_list()).collect();
-    let (item, len) = match schema.field(1).data_type() {
-        DataType::FixedSizeList(item, len) => (item.clone(), *len),
-        other => unreachable!("embedding column is a fixed-size list, not {other}"),
-    };
-    let values: ArrayRef = match item.data_type() {
-        DataType::Float16 => Arc::new(Float16Array::from_iter_values(
-            lists.iter().flat_map(|l| l.values().as_primitive::<Float16Type>().values().iter().copied()),
-        )),
-        _ => Arc::new(Float32Array::from_iter_values(
-            lists.iter().flat_map(|l| l.values().as_primitive::<Float32Type>().values().iter().copied()),
-        )),
-    };
-    let list = FixedSizeListArray::try_new(item, len, values, None).expect("lengths agree");
-    RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(ids)), Arc::new(list)])
-        .expect("schema agrees")
 }
 
 enum ReadFailure {
@@ -631,27 +586,4 @@ pub fn segment_schema(key: &CacheKey) -> SchemaRef {
         Field::new(COL_CONTENT_ID, DataType::Utf8, false),
         Field::new(COL_EMBEDDING, DataType::FixedSizeList(item_field(item), key.embedding_len as i32), false),
     ]))
-}
-
-/// The pid in a `.seg-….parquet.<pid>.partial` name.
-fn partial_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(".seg-")?.strip_suffix(".partial")?;
-    rest.rsplit('.').next()?.parse().ok()
-}
-
-/// Writes a small file via a temporary sibling and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    atomic_file::write(path, bytes).map_err(|e| CacheError::io(&e.path)(e.source))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partial_names_carry_the_writers_pid() {
-        assert_eq!(partial_pid(".seg-00000000000000000001-42-000003.parquet.42.partial"), Some(42));
-        assert_eq!(partial_pid("seg-1-2-3.parquet"), None);
-        assert_eq!(partial_pid(".key.json.7.partial"), None);
-    }
 }

@@ -53,6 +53,14 @@ pub enum CacheError {
         source: std::io::Error,
     },
 
+    #[error("{}: {what}: {source}", path.display())]
+    Arrow {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+
     #[error("{}: {source}", path.display())]
     Parquet {
         path: PathBuf,

@@ -48,8 +48,30 @@ impl Default for Window {
     }
 }
 
-fn output_size(size: usize, pad_begin: usize, pad_end: usize, kernel: usize, stride: usize) -> usize {
-    (size + pad_begin + pad_end - kernel) / stride + 1
+impl Window {
+    /// Output height and width of a `kernel` window sliding over an `h`×`w` plane.
+    fn output_size(&self, [kh, kw]: [usize; 2], (h, w): (usize, usize)) -> (usize, usize) {
+        let [pt, pl, pb, pr] = self.pads;
+        let [sh, sw] = self.strides;
+        ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1)
+    }
+
+    /// The taps of a `kernel` window placed at output `(oy, ox)` that fall
+    /// inside an `h`×`w` plane (padding is skipped), as `(ky, kx, y, x)`,
+    /// row by row: the order the sums run in.
+    fn taps(
+        &self,
+        [kh, kw]: [usize; 2],
+        (h, w): (usize, usize),
+        (oy, ox): (usize, usize),
+    ) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        let [pt, pl, _, _] = self.pads;
+        let [sh, sw] = self.strides;
+        let inside = |start: usize, pad: usize, size: usize| start.checked_sub(pad).filter(|&v| v < size);
+        (0..kh)
+            .filter_map(move |ky| inside(oy * sh + ky, pt, h).map(|y| (ky, y)))
+            .flat_map(move |(ky, y)| (0..kw).filter_map(move |kx| inside(ox * sw + kx, pl, w).map(|x| (ky, kx, y, x))))
+    }
 }
 
 /// 2-D convolution of NCHW `input` with `weight` `[M, C, kH, kW]` (one group).
@@ -57,9 +79,7 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, bias: Option<&[f32]>, window: Win
     let [n, c, h, w] = input.dims[..] else { panic!("conv2d wants NCHW input, got {:?}", input.dims) };
     let [m, wc, kh, kw] = weight.dims[..] else { panic!("conv2d wants a 4-D weight") };
     assert_eq!(c, wc, "input has {c} channels, weight expects {wc}");
-    let [pt, pl, pb, pr] = window.pads;
-    let [sh, sw] = window.strides;
-    let (oh, ow) = (output_size(h, pt, pb, kh, sh), output_size(w, pl, pr, kw, sw));
+    let (oh, ow) = window.output_size([kh, kw], (h, w));
     let mut out = vec![0f32; n * m * oh * ow];
     for b in 0..n {
         for oc in 0..m {
@@ -67,18 +87,10 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, bias: Option<&[f32]>, window: Win
                 for ox in 0..ow {
                     let mut sum = bias.map_or(0.0, |bias| f64::from(bias[oc]));
                     for ic in 0..c {
-                        for ky in 0..kh {
-                            let Some(y) = (oy * sh + ky).checked_sub(pt).filter(|&y| y < h) else {
-                                continue;
-                            };
-                            for kx in 0..kw {
-                                let Some(x) = (ox * sw + kx).checked_sub(pl).filter(|&x| x < w) else {
-                                    continue;
-                                };
-                                let pixel = input.data[((b * c + ic) * h + y) * w + x];
-                                let tap = weight.data[((oc * c + ic) * kh + ky) * kw + kx];
-                                sum += f64::from(pixel) * f64::from(tap);
-                            }
+                        for (ky, kx, y, x) in window.taps([kh, kw], (h, w), (oy, ox)) {
+                            let pixel = input.data[((b * c + ic) * h + y) * w + x];
+                            let tap = weight.data[((oc * c + ic) * kh + ky) * kw + kx];
+                            sum += f64::from(pixel) * f64::from(tap);
                         }
                     }
                     out[((b * m + oc) * oh + oy) * ow + ox] = sum as f32;
@@ -96,26 +108,14 @@ pub fn relu(input: &Tensor) -> Tensor {
 /// 2-D max pooling of an NCHW tensor; padding never wins the max.
 pub fn max_pool2d(input: &Tensor, kernel: [usize; 2], window: Window) -> Tensor {
     let [n, c, h, w] = input.dims[..] else { panic!("max_pool2d wants NCHW input") };
-    let [kh, kw] = kernel;
-    let [pt, pl, pb, pr] = window.pads;
-    let [sh, sw] = window.strides;
-    let (oh, ow) = (output_size(h, pt, pb, kh, sh), output_size(w, pl, pr, kw, sw));
+    let (oh, ow) = window.output_size(kernel, (h, w));
     let mut out = Vec::with_capacity(n * c * oh * ow);
     for plane in input.data.chunks_exact(h * w) {
         for oy in 0..oh {
             for ox in 0..ow {
-                let mut best = f32::NEG_INFINITY;
-                for ky in 0..kh {
-                    let Some(y) = (oy * sh + ky).checked_sub(pt).filter(|&y| y < h) else {
-                        continue;
-                    };
-                    for kx in 0..kw {
-                        let Some(x) = (ox * sw + kx).checked_sub(pl).filter(|&x| x < w) else {
-                            continue;
-                        };
-                        best = best.max(plane[y * w + x]);
-                    }
-                }
+                let best = window
+                    .taps(kernel, (h, w), (oy, ox))
+                    .fold(f32::NEG_INFINITY, |best, (_, _, y, x)| best.max(plane[y * w + x]));
                 out.push(best);
             }
         }

@@ -222,25 +222,8 @@ fn from_json<T: serde::de::DeserializeOwned>((key, value): (&'static str, &str))
 mod tests {
     use super::*;
 
-    const TINY_VGG: &str = r#"
-        name = "tiny-vgg"
-        [source.generated]
-        model = "tiny-vgg"
-        seed = 7
-        [input]
-        name = "data"
-        layout = "nchw"
-        size = [32, 32]
-        [preprocess]
-        color = "rgb"
-        scale = 0.00392156862745098
-        mean = [0.485, 0.456, 0.406]
-        std = [0.229, 0.224, 0.225]
-        resize = { shorter_side = 36, center_crop = [32, 32] }
-        [conv_base]
-        output = "/features/features.30/MaxPool_output_0"
-        shape = [16, 1, 1]
-    "#;
+    /// The project's tiny generated model, as the other stages' tests use it.
+    const TINY_VGG: &str = include_str!("../../../data-specs/models/tiny-vgg.toml");
 
     fn spec() -> ModelSpec {
         ModelSpec::from_toml(TINY_VGG).unwrap()
