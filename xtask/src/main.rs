@@ -7,12 +7,15 @@
 //! - `cargo xtask setup`      fetch what the stages need at run time (the
 //!   ONNX Runtime library, the training venv) from the package registries
 //! - `cargo xtask fetch-model NAME`  fetch, verify and cut a model
+//! - `cargo xtask inspect-model FILE`  list an ONNX file's tensors, shapes
+//!   and initializers (to write a model spec; docs/backbones.md)
 //! - `cargo xtask demo-data`  write the procedural demo image folder
 
 mod bench;
 mod bench_features;
 mod bench_finetune;
 mod fetch_model;
+mod inspect_model;
 mod pipeline;
 mod util;
 
@@ -45,6 +48,8 @@ enum Command {
     Bench(bench::Args),
     /// Fetch, verify and cut a model into the cache (a name in data-specs/models, or a spec path).
     FetchModel { name: String },
+    /// List an ONNX file's inputs, outputs, node outputs (op, inferred shape) and initializers, marking likely conv-base cut points.
+    InspectModel(inspect_model::Args),
     /// Write the procedural demo image folder.
     DemoData {
         #[arg(long, default_value = "runs/demo-images")]
@@ -65,11 +70,13 @@ enum Command {
 
 fn main() -> Result<()> {
     let root = util::workspace_root();
+    let invoked_from = std::env::current_dir()?;
     std::env::set_current_dir(&root)?;
     match Cli::parse().command {
         Command::Pipeline(args) => pipeline::run(&args),
         Command::Setup => setup(),
         Command::FetchModel { name } => fetch_model::run(&name),
+        Command::InspectModel(args) => inspect_model::run(&args, &invoked_from),
         Command::Test { rest } => test(&rest),
         Command::Bench(args) => bench::run(&args),
         Command::DemoData { out, per_class, width, height, seed, no_broken } => {

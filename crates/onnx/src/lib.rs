@@ -8,6 +8,8 @@
 //! - [`edit`]: cut a graph at an intermediate tensor, free the spatial input
 //!   dims, expose or rename tensors, and inspect inputs, outputs and
 //!   initializers.
+//! - [`inspect`]: a typed listing of a graph's tensors, shapes and
+//!   initializers, with likely conv-base cut points marked.
 //! - [`shape`]: dims and a light shape inference for the ops a VGG uses.
 //! - [`reference`]: a naive evaluator of those ops, to check a runtime's
 //!   results independently.
@@ -17,6 +19,7 @@
 
 pub mod builder;
 pub mod edit;
+pub mod inspect;
 pub mod proto;
 pub mod reference;
 pub mod shape;
@@ -32,6 +35,7 @@ pub use edit::{
     cut_at, expose_output, free_input_dims, initializer_f32, initializers, inputs, outputs, rename_tensor,
     set_initializer_f32, tensor_names, TensorSummary,
 };
+pub use inspect::{inspect, ModelSummary};
 pub use proto::ModelProto;
 pub use shape::Dim;
 
