@@ -61,7 +61,7 @@ fn head_beats_nearest_class_mean_on_pretrained_vgg16_features() {
     let mut model_spec = ModelSpec::from_toml(&text).unwrap();
     model_spec.input.size = [64, 64];
     model_spec.preprocess.resize.exact = Some([64, 64]);
-    model_spec.conv_base.shape = [512, 2, 2];
+    model_spec.conv_base.shape = [512, 2, 2].into();
     model_spec.conv_base.pooling = spec::Pooling::Flatten;
     let cache = runtime::cache_dir().unwrap();
     let model = models::resolve(&model_spec, &cache).unwrap_or_else(|e| panic!("the pretrained VGG16 is needed: {e}"));

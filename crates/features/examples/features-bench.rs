@@ -302,7 +302,7 @@ fn small_spec(spec: &ModelSpec) -> ModelSpec {
     small.input.size = [MEMORY_SIDE, MEMORY_SIDE];
     small.preprocess.resize =
         spec::Resize { shorter_side: Some(MEMORY_SIDE), center_crop: Some([MEMORY_SIDE, MEMORY_SIDE]), exact: None };
-    small.conv_base.shape = [512, (MEMORY_SIDE / 32) as usize, (MEMORY_SIDE / 32) as usize];
+    small.conv_base.shape = [512, (MEMORY_SIDE / 32) as usize, (MEMORY_SIDE / 32) as usize].into();
     small
 }
 

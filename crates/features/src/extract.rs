@@ -109,6 +109,12 @@ pub fn extract(
     let started = Instant::now();
     let splits = chosen_splits(dataset, options.splits.as_deref())?;
     let pooling = options.pooling.unwrap_or(model.spec.conv_base.pooling);
+    let shape = model.spec.conv_base.shape;
+    if shape.is_pooled() && pooling != Pooling::Flatten {
+        // Identity on [C, 1, 1], but a second cache key for the same vectors
+        // and a head composed with a pooling op the 2-D output cannot take.
+        return Err(FeaturesError::AlreadyPooled { name: model.spec.name.clone(), shape, pooling });
+    }
     let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, pooling, options.dtype);
     let store = cache.store(&key)?;
     let index = store.scan()?;
@@ -410,21 +416,23 @@ impl<'m> ConvBase<'m> {
         let value = &outputs[spec.conv_base.output.as_str()];
         let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
         let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
-        let expected = spec.conv_base.shape;
-        if dims.len() != 4 || dims[0] != n || dims[1..] != expected {
+        let shape = spec.conv_base.shape;
+        // `[N, C]` for an already pooled output, `[N, C, H, W]` for a map.
+        let expected: Vec<usize> = std::iter::once(n).chain(shape.dims()).collect();
+        if dims != expected {
             return Err(FeaturesError::OutputShape {
                 model: self.model.conv_base.clone(),
                 name: spec.name.clone(),
                 message: format!(
-                    "output '{}' has shape {dims:?} for {n} images of {w}x{h}, the spec says [{n}, {}, {}, {}]",
-                    spec.conv_base.output, expected[0], expected[1], expected[2]
+                    "output '{}' has shape {dims:?} for {n} images of {w}x{h}, the spec says {expected:?}",
+                    spec.conv_base.output
                 ),
             });
         }
-        let per_image = expected.iter().product::<usize>();
-        let mut vectors = Vec::with_capacity(n * self.pooling.pooled_len(expected));
-        for map in data.chunks_exact(per_image) {
-            pool_into(map, expected, self.pooling, &mut vectors);
+        let map = shape.as_map();
+        let mut vectors = Vec::with_capacity(n * self.pooling.pooled_len(shape));
+        for one in data.chunks_exact(shape.len()) {
+            pool_into(one, map, self.pooling, &mut vectors);
         }
         Ok(vectors)
     }

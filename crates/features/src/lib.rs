@@ -69,6 +69,13 @@ pub enum FeaturesError {
     OutputShape { model: PathBuf, name: String, message: String },
 
     #[error(
+        "model '{name}': conv_base.shape = {shape} is already pooled, so {} pooling has nothing to pool; \
+         use flatten (or none), or cut the model at its [C, H, W] map",
+        pooling.name()
+    )]
+    AlreadyPooled { name: String, shape: spec::ConvShape, pooling: spec::Pooling },
+
+    #[error(
         "dataset {}: no rows in the {split} split (rows per split: {rows}); \
          choose other splits (--splits) or re-ingest with a non-zero {split} ratio",
         dataset.display()

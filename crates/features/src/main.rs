@@ -29,7 +29,7 @@ struct Args {
     /// Images per inference batch.
     #[arg(long, default_value_t = features::DEFAULT_BATCH_SIZE)]
     batch: usize,
-    /// flatten, avg or max [default: the spec's conv_base.pooling].
+    /// flatten (or none), avg or max [default: the spec's conv_base.pooling].
     #[arg(long)]
     pooling: Option<Pooling>,
     /// Storage type of the vectors: f32 or f16.

