@@ -99,6 +99,17 @@ impl GraphBuilder {
         self.node("Conv", name, &inputs, attributes)
     }
 
+    /// Inference-form batch normalisation over `[scale, bias, mean, var]`.
+    pub fn batch_norm(&mut self, name: &str, input: &str, params: [&str; 4], epsilon: f32) -> String {
+        let [scale, bias, mean, var] = params;
+        self.node(
+            "BatchNormalization",
+            name,
+            &[input, scale, bias, mean, var],
+            vec![float_attribute("epsilon", epsilon)],
+        )
+    }
+
     pub fn relu(&mut self, name: &str, input: &str) -> String {
         self.node("Relu", name, &[input], Vec::new())
     }

@@ -10,6 +10,8 @@
 //!   initializers.
 //! - [`inspect`]: a typed listing of a graph's tensors, shapes and
 //!   initializers, with likely conv-base cut points marked.
+//! - [`batch_norm`]: batch normalisation rewritten as arithmetic with its
+//!   running statistics frozen, for training graphs.
 //! - [`shape`]: dims and a light shape inference for the ops a VGG uses.
 //! - [`reference`]: a naive evaluator of those ops, to check a runtime's
 //!   results independently.
@@ -17,6 +19,7 @@
 //! This crate knows nothing of ONNX Runtime, Parquet or Python; apart from
 //! reading and writing model files it does no I/O.
 
+pub mod batch_norm;
 pub mod builder;
 pub mod edit;
 pub mod inspect;

@@ -208,10 +208,70 @@ pub fn transpose(input: &Tensor, perm: &[usize]) -> Tensor {
     Tensor::new(out_dims, out)
 }
 
+/// `BatchNormalization` in inference form, by its definition:
+/// `(x − mean[c]) / √(var[c] + ε) · scale[c] + bias[c]` on `[N, C, …]`.
+pub fn batch_norm(x: &Tensor, [scale, bias, mean, var]: [&Tensor; 4], epsilon: f32) -> Tensor {
+    let channels = x.dims[1];
+    let inner: usize = x.dims[2..].iter().product();
+    let out = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = (i / inner) % channels;
+            let normalised =
+                (f64::from(v) - f64::from(mean.data[c])) / (f64::from(var.data[c]) + f64::from(epsilon)).sqrt();
+            (normalised * f64::from(scale.data[c]) + f64::from(bias.data[c])) as f32
+        })
+        .collect();
+    Tensor::new(x.dims.clone(), out)
+}
+
+/// An element-wise binary op with NumPy broadcasting (dims aligned from the right).
+pub fn broadcast(a: &Tensor, b: &Tensor, op: impl Fn(f64, f64) -> f64) -> Result<Tensor, GraphError> {
+    let rank = a.dims.len().max(b.dims.len());
+    let padded = |dims: &[usize]| -> Vec<usize> {
+        std::iter::repeat_n(1, rank - dims.len()).chain(dims.iter().copied()).collect()
+    };
+    let (da, db) = (padded(&a.dims), padded(&b.dims));
+    let mut out_dims = Vec::with_capacity(rank);
+    for (&x, &y) in da.iter().zip(&db) {
+        if x != y && x != 1 && y != 1 {
+            return Err(GraphError::Invalid(format!("cannot broadcast {:?} with {:?}", a.dims, b.dims)));
+        }
+        out_dims.push(x.max(y));
+    }
+    let strides = |dims: &[usize]| -> Vec<usize> {
+        let mut strides = vec![0; rank];
+        let mut step = 1;
+        for axis in (0..rank).rev() {
+            strides[axis] = if dims[axis] == 1 { 0 } else { step };
+            step *= dims[axis];
+        }
+        strides
+    };
+    let (sa, sb) = (strides(&da), strides(&db));
+    let total: usize = out_dims.iter().product();
+    let mut out = Vec::with_capacity(total);
+    let mut index = vec![0; rank];
+    for _ in 0..total {
+        let offset = |s: &[usize]| index.iter().zip(s).map(|(i, s)| i * s).sum::<usize>();
+        out.push(op(f64::from(a.data[offset(&sa)]), f64::from(b.data[offset(&sb)])) as f32);
+        for axis in (0..rank).rev() {
+            index[axis] += 1;
+            if index[axis] < out_dims[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+    Ok(Tensor::new(out_dims, out))
+}
+
 /// Evaluates a model on `feeds` and returns the `wanted` tensors (graph
 /// outputs or intermediate ones), in that order. Knows Conv, Relu, MaxPool,
-/// Flatten, Reshape, Gemm, Softmax, Transpose, Identity and Dropout; any
-/// other op is an error.
+/// Flatten, Reshape, Gemm, Softmax, Transpose, Identity, Dropout,
+/// BatchNormalization, Add, Sub, Mul, Div and Sqrt; any other op is an error.
 pub fn evaluate(model: &ModelProto, feeds: &[(&str, Tensor)], wanted: &[&str]) -> Result<Vec<Tensor>, GraphError> {
     let graph = graph(model)?;
     let mut values: HashMap<String, Tensor> = HashMap::new();
@@ -328,6 +388,18 @@ fn run_node(
             transpose(x, &perm.iter().map(|&p| p as usize).collect::<Vec<_>>())
         }
         "Identity" | "Dropout" => input(0)?.clone(),
+        "BatchNormalization" => {
+            let params = [input(1)?, input(2)?, input(3)?, input(4)?];
+            batch_norm(input(0)?, params, float_attribute("epsilon", 1e-5))
+        }
+        "Add" => broadcast(input(0)?, input(1)?, |a, b| a + b)?,
+        "Sub" => broadcast(input(0)?, input(1)?, |a, b| a - b)?,
+        "Mul" => broadcast(input(0)?, input(1)?, |a, b| a * b)?,
+        "Div" => broadcast(input(0)?, input(1)?, |a, b| a / b)?,
+        "Sqrt" => {
+            let x = input(0)?;
+            Tensor::new(x.dims.clone(), x.data.iter().map(|&v| f64::from(v).sqrt() as f32).collect())
+        }
         other => return Err(GraphError::Unsupported(format!("the reference evaluator does not know op {other}"))),
     })
 }
@@ -372,6 +444,25 @@ mod tests {
         let nchw = transpose(&nhwc, &[0, 3, 1, 2]);
         assert_eq!(nchw.dims, [1, 3, 1, 2]);
         assert_eq!(nchw.data, [0.0, 1.0, 10.0, 11.0, 20.0, 21.0]);
+    }
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        let a = Tensor::new(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let column = Tensor::new(vec![2, 1], vec![10.0, 20.0]);
+        assert_eq!(broadcast(&a, &column, |x, y| x + y).unwrap().data, [11.0, 12.0, 13.0, 24.0, 25.0, 26.0]);
+        let row = Tensor::new(vec![3], vec![1.0, 0.0, -1.0]);
+        assert_eq!(broadcast(&a, &row, |x, y| x * y).unwrap().data, [1.0, 0.0, -3.0, 4.0, 0.0, -6.0]);
+        assert!(broadcast(&a, &Tensor::new(vec![2], vec![0.0; 2]), |x, y| x + y).is_err());
+    }
+
+    #[test]
+    fn batch_norm_normalises_each_channel() {
+        // Two channels of two values; channel 1 has mean 4, var 4 (std 2).
+        let x = Tensor::new(vec![1, 2, 1, 2], vec![1.0, 3.0, 4.0, 8.0]);
+        let t = |v: [f32; 2]| Tensor::new(vec![2], v.to_vec());
+        let out = batch_norm(&x, [&t([1.0, 3.0]), &t([0.0, 1.0]), &t([0.0, 4.0]), &t([1.0, 4.0])], 0.0);
+        assert_eq!(out.data, [1.0, 3.0, 1.0, 7.0]);
     }
 
     #[test]

@@ -257,6 +257,10 @@ pub(crate) fn int_attribute(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name && a.r#type == attribute_type::INT).map(|a| a.i)
 }
 
+pub(crate) fn float_attribute(node: &NodeProto, name: &str) -> Option<f32> {
+    node.attribute.iter().find(|a| a.name == name && a.r#type == attribute_type::FLOAT).map(|a| a.f)
+}
+
 pub(crate) fn ints_attribute(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
     node.attribute.iter().find(|a| a.name == name && a.r#type == attribute_type::INTS).map(|a| a.ints.clone())
 }
