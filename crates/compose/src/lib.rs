@@ -1,17 +1,73 @@
-//! One ONNX graph from image to logits: the conv base (from its ONNX file),
-//! the pooling the features stage used (flatten, or global average/max),
-//! and the head's dense layers initialised from the trained head's weights.
-//! The inference graph is the same with a softmax appended.
+//! One ONNX graph from image to probabilities: the conv base (from its ONNX
+//! file), the pooling the features stage used (flatten, or global
+//! average/max), and the head's dense layers with the trained head's
+//! weights. The fine-tune stage trains the logits graph
+//! ([`Composed::training`]); the head stage writes [`Composed::inference`]
+//! as `model.onnx` ([`inference_model`]), so every run can predict.
 //!
 //! Pure: graphs in, graphs out; no I/O, no runtime.
 
+use std::collections::BTreeSet;
+
+use contracts::head::Activation;
 use onnx_graph::builder::{float_attribute, int_attribute};
 use onnx_graph::proto::{data_type, GraphProto, ModelProto, NodeProto};
 use onnx_graph::shape::{self, Dim};
 use onnx_graph::{graph, graph_mut, set_metadata, tensor};
 use spec::{Layout, Pooling};
 
-use crate::error::{FinetuneError, HeadError, Result, SetupError};
+/// Why a conv base and a head do not make one graph.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error(
+        "refusing to fine-tune from a random head: a random head's large gradients would wreck the \
+         pretrained features. Train the head on cached features first (the head stage) and pass its \
+         weights, or set allow_random_head (--allow-random-head) if you really mean it"
+    )]
+    RandomHeadRefused,
+    #[error("graph: {0}")]
+    Graph(#[from] onnx_graph::GraphError),
+    #[error("the conv base has {count} outputs; say which one ends the conv base")]
+    BaseOutputs { count: usize },
+    #[error("the conv base must have exactly one input (the image); it has {names:?}")]
+    ImageInputs { names: Vec<String> },
+    #[error("the image input {input:?} has no known rank")]
+    UnknownRank { input: String },
+    #[error("the image input {input:?} has rank {rank}, not 4")]
+    Rank { input: String, rank: usize },
+    #[error("the image input {input:?} has size {fixed} on axis {axis}, the spec says {size}")]
+    ImageSize { input: String, axis: usize, fixed: i64, size: u32 },
+    #[error(
+        "the image input {input:?} has dims [{dims}]; training needs fixed channel and spatial dims \
+         (ONNX Runtime 1.19's training session crashes on symbolic height and width): \
+         set ComposeOptions::input_size (the model spec's input.size)"
+    )]
+    SymbolicImage { input: String, dims: String },
+    #[error("head weights: weight has {values} values, not {outputs} x {inputs} = {}", outputs * inputs)]
+    WeightCount { values: usize, outputs: usize, inputs: usize },
+    #[error(
+        "head weights: cannot size a random head: the conv base's output shape is not known; give \
+         ComposeOptions::feature_len"
+    )]
+    Unsized,
+    #[error("head weights: the head has no layers")]
+    NoLayers,
+    #[error("head weights: layer {layer} has dims {dims:?}")]
+    ZeroDims { layer: usize, dims: [usize; 2] },
+    #[error("head weights: layer {layer} is [{inputs}, {outputs}] but has {weights} weights and {biases} biases")]
+    Sizes { layer: usize, inputs: usize, outputs: usize, weights: usize, biases: usize },
+    #[error("head weights: layer {layer} holds NaN or infinite values")]
+    NonFinite { layer: usize },
+    #[error("head weights: layer {} has {previous_outputs} outputs but layer {layer} takes {inputs} inputs", layer - 1)]
+    Chain { layer: usize, previous_outputs: usize, inputs: usize },
+    #[error(
+        "head weights: the head takes {head_inputs} inputs but the conv base gives {features} features (after \
+         pooling); was the head trained on another model, pooling or input size?"
+    )]
+    FeatureLen { head_inputs: usize, features: usize },
+}
+
+type Result<T, E = ComposeError> = std::result::Result<T, E>;
 
 /// The composed graph's output: class scores before softmax.
 pub const LOGITS: &str = "logits";
@@ -20,9 +76,6 @@ pub const PROBABILITIES: &str = "probabilities";
 /// Prefix of the head's parameter names in the composed graph
 /// (`head.dense0.weight`, `head.dense0.bias`, ...).
 pub const HEAD_PREFIX: &str = "head.";
-/// The highest ONNX IR version ONNX Runtime 1.19 (the training API) reads.
-pub const MAX_TRAINING_IR_VERSION: i64 = 10;
-
 /// Metadata keys the composed graph carries.
 pub const META_HEAD_INIT: &str = "finetune.head_init";
 pub const META_CONV_BASE_OUTPUT: &str = "finetune.conv_base_output";
@@ -30,8 +83,8 @@ pub const META_POOLING: &str = "finetune.pooling";
 
 /// One dense layer of the head: `y = x · W + b`, with `W` stored row-major
 /// as `[inputs, outputs]` (the Keras layout; see [`DenseLayer::from_out_in`]
-/// for the PyTorch/`head` crate layout). ReLU follows every layer but the
-/// last.
+/// for the PyTorch/`head` crate layout). [`ComposeOptions::activation`]
+/// follows every layer but the last.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseLayer {
     /// `inputs * outputs` values, row-major `[inputs, outputs]`.
@@ -52,7 +105,7 @@ impl DenseLayer {
     /// `head` crate's `Dense`), transposed into this layout.
     pub fn from_out_in(weight: &[f32], outputs: usize, inputs: usize, bias: Vec<f32>) -> Result<DenseLayer> {
         if weight.len() != outputs * inputs {
-            return Err(HeadError::WeightCount { values: weight.len(), outputs, inputs }.into());
+            return Err(ComposeError::WeightCount { values: weight.len(), outputs, inputs }.into());
         }
         let mut transposed = vec![0.0; weight.len()];
         for o in 0..outputs {
@@ -61,6 +114,12 @@ impl DenseLayer {
             }
         }
         Ok(DenseLayer { weight: transposed, dims: [inputs, outputs], bias })
+    }
+
+    /// The head stage's layers (`head.safetensors`, `[outputs, inputs]`
+    /// weights) in this layout.
+    pub fn from_head(layers: &[contracts::head::DenseWeights]) -> Result<Vec<DenseLayer>> {
+        layers.iter().map(|l| DenseLayer::from_out_in(&l.weight, l.outputs, l.inputs, l.bias.clone())).collect()
     }
 
     pub fn inputs(&self) -> usize {
@@ -102,6 +161,8 @@ pub struct ComposeOptions {
     /// crashes (SIGSEGV in `train_step`) when height and width are symbolic.
     pub input_size: Option<[u32; 2]>,
     pub input_layout: Layout,
+    /// What follows every dense layer but the last (the head's `activation`).
+    pub activation: Activation,
     /// Allows [`HeadInit::Random`].
     pub allow_random_head: bool,
 }
@@ -114,6 +175,7 @@ impl Default for ComposeOptions {
             feature_len: None,
             input_size: None,
             input_layout: Layout::Nchw,
+            activation: Activation::Relu,
             allow_random_head: false,
         }
     }
@@ -129,6 +191,7 @@ impl ComposeOptions {
             feature_len: Some(spec.embedding_len()),
             input_size: Some(spec.input.size),
             input_layout: spec.input.layout,
+            activation: Activation::Relu,
             allow_random_head: false,
         }
     }
@@ -150,14 +213,11 @@ pub struct Composed {
 
 /// Composes conv base + pooling + head into one graph (see the module doc).
 pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions) -> Result<Composed> {
-    if conv_base.ir_version > MAX_TRAINING_IR_VERSION {
-        return Err(SetupError::IrVersion { found: conv_base.ir_version, max: MAX_TRAINING_IR_VERSION }.into());
-    }
     let outputs = onnx_graph::outputs(conv_base)?;
     let base_output = match &options.conv_base_output {
         Some(name) => name.clone(),
         None if outputs.len() == 1 => outputs[0].name.clone(),
-        None => return Err(SetupError::BaseOutputs { count: outputs.len() }.into()),
+        None => return Err(ComposeError::BaseOutputs { count: outputs.len() }.into()),
     };
     let mut model = if outputs.len() == 1 && outputs[0].name == base_output {
         conv_base.clone()
@@ -166,7 +226,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     };
     let inputs = onnx_graph::inputs(&model)?;
     let [image] = inputs.as_slice() else {
-        return Err(SetupError::ImageInputs { names: inputs.iter().map(|i| i.name.clone()).collect() }.into());
+        return Err(ComposeError::ImageInputs { names: inputs.iter().map(|i| i.name.clone()).collect() }.into());
     };
     let image_input = image.name.clone();
     let batch_dim = image.dims.as_ref().and_then(|d| d.first().cloned()).unwrap_or(Dim::Unknown);
@@ -176,9 +236,9 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     let expected_len = options.feature_len.or(inferred_len);
     let layers = head_layers(head, options, expected_len)?;
     check_layers(&layers, expected_len)?;
-    let classes = layers.last().ok_or(HeadError::NoLayers)?.outputs();
+    let classes = layers.last().ok_or(ComposeError::NoLayers)?.outputs();
 
-    let head_params = append_head(graph_mut(&mut model)?, &base_output, options.pooling, &layers)?;
+    let head_params = append_head(graph_mut(&mut model)?, &base_output, options, &layers)?;
     let graph = graph_mut(&mut model)?;
     graph.output = vec![shape::tensor_value_info(
         LOGITS,
@@ -228,12 +288,28 @@ pub fn append_softmax(model: &mut ModelProto, from: &str, to: &str) -> Result<()
     Ok(())
 }
 
+/// The model users get: `inference` (image in, [`PROBABILITIES`] out) with
+/// `metadata` (the [`spec::InferenceMetadata`] properties `predict` reads)
+/// and the output note added, `producer` recorded, and only the opset
+/// imports its nodes use (training graphs import many domains).
+pub fn inference_model(mut model: ModelProto, metadata: &[(String, String)], producer: &str) -> Result<ModelProto> {
+    set_metadata(&mut model, spec::META_OUTPUT, spec::OUTPUT_PROBABILITIES);
+    for (key, value) in metadata {
+        set_metadata(&mut model, key, value.as_str());
+    }
+    model.producer_name = producer.to_owned();
+    model.producer_version = env!("CARGO_PKG_VERSION").to_owned();
+    let used: BTreeSet<String> = graph(&model)?.node.iter().map(|n| n.domain.clone()).collect();
+    model.opset_import.retain(|o| o.domain.is_empty() || o.domain == "ai.onnx" || used.contains(&o.domain));
+    Ok(model)
+}
+
 fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<usize>) -> Result<Vec<DenseLayer>> {
     match head {
         HeadInit::Trained(layers) => Ok(layers.clone()),
-        HeadInit::Random { .. } if !options.allow_random_head => Err(FinetuneError::RandomHeadRefused),
+        HeadInit::Random { .. } if !options.allow_random_head => Err(ComposeError::RandomHeadRefused),
         HeadInit::Random { hidden, classes, seed } => {
-            let mut inputs = feature_len.ok_or(HeadError::Unsized)?;
+            let mut inputs = feature_len.ok_or(ComposeError::Unsized)?;
             let mut layers = Vec::new();
             for (index, &outputs) in hidden.iter().chain(std::iter::once(classes)).enumerate() {
                 let name = format!("{HEAD_PREFIX}dense{index}.weight");
@@ -248,29 +324,29 @@ fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<us
 
 fn check_layers(layers: &[DenseLayer], feature_len: Option<usize>) -> Result<()> {
     if layers.is_empty() {
-        return Err(HeadError::NoLayers.into());
+        return Err(ComposeError::NoLayers.into());
     }
     for (index, layer) in layers.iter().enumerate() {
         let [inputs, outputs] = layer.dims;
         if inputs == 0 || outputs == 0 {
-            return Err(HeadError::ZeroDims { layer: index, dims: layer.dims }.into());
+            return Err(ComposeError::ZeroDims { layer: index, dims: layer.dims }.into());
         }
         if layer.weight.len() != inputs * outputs || layer.bias.len() != outputs {
             let (weights, biases) = (layer.weight.len(), layer.bias.len());
-            return Err(HeadError::Sizes { layer: index, inputs, outputs, weights, biases }.into());
+            return Err(ComposeError::Sizes { layer: index, inputs, outputs, weights, biases }.into());
         }
         if layer.weight.iter().chain(&layer.bias).any(|v| !v.is_finite()) {
-            return Err(HeadError::NonFinite { layer: index }.into());
+            return Err(ComposeError::NonFinite { layer: index }.into());
         }
         if let Some(previous) = index.checked_sub(1).map(|i| &layers[i]) {
             if previous.outputs() != inputs {
-                return Err(HeadError::Chain { layer: index, previous_outputs: previous.outputs(), inputs }.into());
+                return Err(ComposeError::Chain { layer: index, previous_outputs: previous.outputs(), inputs }.into());
             }
         }
     }
     if let Some(expected) = feature_len {
         if layers[0].inputs() != expected {
-            return Err(HeadError::FeatureLen { head_inputs: layers[0].inputs(), features: expected }.into());
+            return Err(ComposeError::FeatureLen { head_inputs: layers[0].inputs(), features: expected }.into());
         }
     }
     Ok(())
@@ -287,9 +363,9 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
         .ok_or_else(|| onnx_graph::GraphError::UnknownTensor(input.to_owned()))?;
     let mut dims = shape::tensor_info(value_info)
         .and_then(|info| info.dims)
-        .ok_or_else(|| SetupError::UnknownRank { input: input.to_owned() })?;
+        .ok_or_else(|| ComposeError::UnknownRank { input: input.to_owned() })?;
     if dims.len() != 4 {
-        return Err(SetupError::Rank { input: input.to_owned(), rank: dims.len() }.into());
+        return Err(ComposeError::Rank { input: input.to_owned(), rank: dims.len() }.into());
     }
     if let Some([width, height]) = options.input_size {
         let (h_axis, w_axis) = match options.input_layout {
@@ -299,7 +375,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
         for (axis, size) in [(h_axis, height), (w_axis, width)] {
             match &dims[axis] {
                 Dim::Fixed(fixed) if *fixed != i64::from(size) => {
-                    return Err(SetupError::ImageSize { input: input.to_owned(), axis, fixed: *fixed, size }.into())
+                    return Err(ComposeError::ImageSize { input: input.to_owned(), axis, fixed: *fixed, size }.into())
                 }
                 _ => dims[axis] = Dim::Fixed(i64::from(size)),
             }
@@ -308,7 +384,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
     }
     if dims.iter().skip(1).any(|d| d.fixed().is_none()) {
         let shown: Vec<String> = dims.iter().map(ToString::to_string).collect();
-        return Err(SetupError::SymbolicImage { input: input.to_owned(), dims: shown.join(", ") }.into());
+        return Err(ComposeError::SymbolicImage { input: input.to_owned(), dims: shown.join(", ") }.into());
     }
     Ok(())
 }
@@ -327,7 +403,12 @@ fn pooled_feature_len(graph: &GraphProto, output: &str, pooling: Pooling) -> Opt
 
 /// Appends pooling, flatten and the dense layers after `input`; returns the
 /// head's parameter names. The last layer's output is [`LOGITS`].
-fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[DenseLayer]) -> Result<Vec<String>> {
+fn append_head(
+    graph: &mut GraphProto,
+    input: &str,
+    options: &ComposeOptions,
+    layers: &[DenseLayer],
+) -> Result<Vec<String>> {
     let existing = onnx_graph::tensor_names(graph);
     let mut added: Vec<String> = Vec::new();
     let mut nodes: Vec<NodeProto> = Vec::new();
@@ -344,7 +425,7 @@ fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[
     };
 
     let mut x = input.to_owned();
-    let pool = match pooling {
+    let pool = match options.pooling {
         Pooling::Flatten => None,
         Pooling::Avg => Some("GlobalAveragePool"),
         Pooling::Max => Some("GlobalMaxPool"),
@@ -367,11 +448,15 @@ fn append_head(graph: &mut GraphProto, input: &str, pooling: Pooling, layers: &[
         let attributes = vec![float_attribute("alpha", 1.0), float_attribute("beta", 1.0)];
         x = node("Gemm", &format!("/head/dense{index}/Gemm"), &[&x, &weight, &bias], gemm_out, attributes);
         if !last {
+            let op = match options.activation {
+                Activation::Relu => "Relu",
+                Activation::Tanh => "Tanh",
+            };
             x = node(
-                "Relu",
-                &format!("/head/dense{index}/Relu"),
+                op,
+                &format!("/head/dense{index}/{op}"),
                 &[&x],
-                format!("/head/dense{index}/Relu_output_0"),
+                format!("/head/dense{index}/{op}_output_0"),
                 vec![],
             );
         }
@@ -441,7 +526,7 @@ mod tests {
     fn a_random_head_is_refused_unless_allowed() {
         let random = HeadInit::Random { hidden: vec![8], classes: 3, seed: 5 };
         let err = compose(&conv_base(), &random, &ComposeOptions::default()).unwrap_err();
-        assert!(matches!(err, FinetuneError::RandomHeadRefused), "{err}");
+        assert!(matches!(err, ComposeError::RandomHeadRefused), "{err}");
         let options = ComposeOptions { allow_random_head: true, ..Default::default() };
         let composed = compose(&conv_base(), &random, &options).unwrap();
         assert_eq!(composed.classes, 3);

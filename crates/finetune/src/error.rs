@@ -7,13 +7,6 @@ use runtime::ort;
 /// are kept as the error's source.
 #[derive(Debug, thiserror::Error)]
 pub enum FinetuneError {
-    #[error(
-        "refusing to fine-tune from a random head: a random head's large gradients would wreck the \
-         pretrained features. Train the head on cached features first (the head stage) and pass its \
-         weights, or set allow_random_head (--allow-random-head) if you really mean it"
-    )]
-    RandomHeadRefused,
-
     #[error("--head is needed: the head stage's output folder (or --allow-random-head)")]
     NoHead,
 
@@ -22,6 +15,9 @@ pub enum FinetuneError {
 
     #[error("graph: {0}")]
     Graph(#[from] onnx_graph::GraphError),
+
+    #[error(transparent)]
+    Compose(#[from] compose::ComposeError),
 
     /// The graph cannot be trained (or split) as asked.
     #[error("{0}")]
@@ -91,25 +87,6 @@ pub enum FinetuneError {
 /// The head's weights do not make a head for this conv base and dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
-    #[error("weight has {values} values, not {outputs} x {inputs} = {}", outputs * inputs)]
-    WeightCount { values: usize, outputs: usize, inputs: usize },
-    #[error("cannot size a random head: the conv base's output shape is not known; give ComposeOptions::feature_len")]
-    Unsized,
-    #[error("the head has no layers")]
-    NoLayers,
-    #[error("layer {layer} has dims {dims:?}")]
-    ZeroDims { layer: usize, dims: [usize; 2] },
-    #[error("layer {layer} is [{inputs}, {outputs}] but has {weights} weights and {biases} biases")]
-    Sizes { layer: usize, inputs: usize, outputs: usize, weights: usize, biases: usize },
-    #[error("layer {layer} holds NaN or infinite values")]
-    NonFinite { layer: usize },
-    #[error("layer {} has {previous_outputs} outputs but layer {layer} takes {inputs} inputs", layer - 1)]
-    Chain { layer: usize, previous_outputs: usize, inputs: usize },
-    #[error(
-        "the head takes {head_inputs} inputs but the conv base gives {features} features (after pooling); \
-         was the head trained on another model, pooling or input size?"
-    )]
-    FeatureLen { head_inputs: usize, features: usize },
     #[error("{}: the head was trained for classes {head:?}, the dataset has {dataset:?}", path.display())]
     Classes { path: PathBuf, head: Vec<String>, dataset: Vec<String> },
 }
@@ -122,22 +99,6 @@ pub enum SetupError {
          {max}; re-export it with onnx 1.17 or earlier"
     )]
     IrVersion { found: i64, max: i64 },
-    #[error("the conv base has {count} outputs; say which one ends the conv base")]
-    BaseOutputs { count: usize },
-    #[error("the conv base must have exactly one input (the image); it has {names:?}")]
-    ImageInputs { names: Vec<String> },
-    #[error("the image input {input:?} has no known rank")]
-    UnknownRank { input: String },
-    #[error("the image input {input:?} has rank {rank}, not 4")]
-    Rank { input: String, rank: usize },
-    #[error("the image input {input:?} has size {fixed} on axis {axis}, the spec says {size}")]
-    ImageSize { input: String, axis: usize, fixed: i64, size: u32 },
-    #[error(
-        "the image input {input:?} has dims [{dims}]; training needs fixed channel and spatial dims \
-         (ONNX Runtime 1.19's training session crashes on symbolic height and width): \
-         set ComposeOptions::input_size (the model spec's input.size)"
-    )]
-    SymbolicImage { input: String, dims: String },
     #[error(
         "a graph to train must have one input and one output (the logits); this one has inputs {inputs:?} \
          and outputs {outputs:?}"
@@ -173,6 +134,11 @@ pub enum SelectionError {
          split earlier or freeze it"
     )]
     BeforeSplit { parameter: String, tensor: String },
+    #[error(
+        "{name:?} is a running statistic of batch normalisation {node:?}: statistics are not learned by gradient \
+         and stay frozen; remove it from the block's params or the names: list"
+    )]
+    Statistic { name: String, node: String },
 }
 
 /// Examples that cannot be trained on.

@@ -4,17 +4,16 @@
 //! then checked in the stock ONNX Runtime 1.32 (`runtime::init_ort`, the
 //! `ort` crate), not in Python.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use ndarray::{Array2, ArrayD};
 use onnx_graph::ModelProto;
 
 use crate::artifacts::Artifacts;
-use crate::compose::{append_softmax, PROBABILITIES};
 use crate::error::{ExportError, FinetuneError, Result};
 use crate::infer::Inference;
 use crate::ort_training::{OrtTraining, SessionConfig};
+use compose::{append_softmax, inference_model, PROBABILITIES};
 
 /// Exports `checkpoint`'s weights as an inference model at `out`: image in,
 /// [`PROBABILITIES`] out, with `metadata` added to the model's
@@ -33,7 +32,6 @@ pub fn export_inference_model(
     let _ = std::fs::remove_file(&logits_model);
     let mut model = read?;
     append_softmax(&mut model, &artifacts.manifest.logits, PROBABILITIES)?;
-    drop_unused_opsets(&mut model)?;
     write_with_metadata(model, out, metadata)
 }
 
@@ -57,17 +55,11 @@ pub fn export_full_model(
         onnx_graph::set_initializer_f32(&mut model, &name, &values)
             .map_err(|source| ExportError::Parameter { name: name.clone(), source })?;
     }
-    drop_unused_opsets(&mut model)?;
     write_with_metadata(model, out, metadata)
 }
 
-fn write_with_metadata(mut model: ModelProto, out: &Path, metadata: &[(String, String)]) -> Result<ModelProto> {
-    onnx_graph::set_metadata(&mut model, spec::META_OUTPUT, spec::OUTPUT_PROBABILITIES);
-    for (key, value) in metadata {
-        onnx_graph::set_metadata(&mut model, key, value.as_str());
-    }
-    model.producer_name = "tl-vision finetune".to_owned();
-    model.producer_version = env!("CARGO_PKG_VERSION").to_owned();
+fn write_with_metadata(model: ModelProto, out: &Path, metadata: &[(String, String)]) -> Result<ModelProto> {
+    let model = inference_model(model, metadata, "tl-vision finetune")?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(FinetuneError::io("cannot create", parent))?;
     }
@@ -112,12 +104,4 @@ pub fn verify_inference_model(model: &Path, sample: ArrayD<f32>) -> Result<Array
         }
     }
     Ok(probabilities)
-}
-
-/// The training graphs import many domains (training, preview, nchwc,
-/// aten...); an inference model needs only those its nodes use.
-fn drop_unused_opsets(model: &mut ModelProto) -> Result<()> {
-    let used: BTreeSet<String> = onnx_graph::graph(model)?.node.iter().map(|n| n.domain.clone()).collect();
-    model.opset_import.retain(|o| o.domain.is_empty() || o.domain == "ai.onnx" || used.contains(&o.domain));
-    Ok(())
 }

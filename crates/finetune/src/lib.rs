@@ -25,11 +25,10 @@
 //! The training loop knows nothing of Parquet, image decoding or the
 //! head's training: inputs arrive through [`data::BatchSource`] as
 //! preprocessed f32 batches, head weights as plain arrays
-//! ([`compose::DenseLayer`]); [`stage`] connects them to the files.
+//! ([`DenseLayer`], from the `compose` crate); [`stage`] connects them to the files.
 
 pub mod artifacts;
 pub mod augment;
-pub mod compose;
 pub mod data;
 mod error;
 pub mod export;
@@ -43,7 +42,7 @@ pub mod train;
 
 pub use artifacts::{ensure_artifacts, ArtifactRequest, Artifacts, ArtifactsManifest};
 pub use augment::{Augment, CropRange};
-pub use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
+pub use compose::{compose, ComposeError, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
 pub use data::{epoch_order, Batch, BatchSource, InMemory};
 pub use error::{
     DataError, ExportError, FinetuneError, HeadError, PythonError, Result, RunError, SelectionError, SetupError,
@@ -58,7 +57,7 @@ pub use prefix::{
     cached_activations, latest_frozen_split, precompute, prefix_cache_key, prefix_item_shape, split_at,
     suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph,
 };
-pub use select::{select_parameters, ParameterSplit, Unfreeze};
+pub use select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
 pub use stage::{plan, train_config, DataSource, HeadSource, Hooks, Job, Plan};
 pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};
 pub use train_kit::Schedule;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use onnx_graph::proto::{data_type, ModelProto};
 use serde::{Deserialize, Serialize};
+use spec::BatchNormMode;
 
 use crate::error::{Result, SelectionError};
 
@@ -120,6 +121,37 @@ pub fn select_parameters(
     })
 }
 
+/// Applies the model spec's batch-norm mode to a selection. Running means
+/// and variances are statistics, never learned by gradient: selecting one
+/// is an error. [`BatchNormMode::Frozen`] also keeps every scale and bias
+/// frozen, whatever selected them. Both lists stay in initializer order.
+pub fn apply_batch_norm(model: &ModelProto, split: ParameterSplit, mode: BatchNormMode) -> Result<ParameterSplit> {
+    let layers = onnx_graph::batch_norm::batch_norm_params(model)?;
+    if layers.is_empty() {
+        return Ok(split);
+    }
+    let mut trainable: HashSet<String> = split.trainable.into_iter().collect();
+    for layer in &layers {
+        for statistic in [&layer.mean, &layer.var] {
+            if trainable.contains(statistic) {
+                return Err(SelectionError::Statistic { name: statistic.clone(), node: layer.node.clone() }.into());
+            }
+        }
+        if mode == BatchNormMode::Frozen {
+            trainable.remove(&layer.scale);
+            trainable.remove(&layer.bias);
+        }
+    }
+    let graph = onnx_graph::graph(model)?;
+    let (kept, frozen): (Vec<String>, Vec<String>) = graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == data_type::FLOAT)
+        .map(|t| t.name.clone())
+        .partition(|name| trainable.contains(name));
+    Ok(ParameterSplit { trainable: kept, frozen })
+}
+
 /// The parameters of each Conv node (weight, then bias if any), in graph
 /// order. A weight reached through Identity/Cast/Transpose nodes (some
 /// exporters put one in between) is traced back to its initializer.
@@ -171,10 +203,10 @@ fn trace<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compose::{compose, ComposeOptions, DenseLayer, HeadInit};
+    use compose::{compose, ComposeOptions, DenseLayer, HeadInit};
     use onnx_graph::vgg;
 
-    fn composed() -> crate::compose::Composed {
+    fn composed() -> compose::Composed {
         let base = onnx_graph::cut_at(&vgg::tiny_vgg(3), vgg::CONV_BASE_OUTPUT).unwrap();
         let head = vec![DenseLayer::new(vec![0.01; 16 * 4], [16, 4], vec![0.0; 4])];
         compose(&base, &HeadInit::Trained(head), &ComposeOptions::default()).unwrap()

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use contracts::finetune::{FinetuneConfig, FinetuneSummary, Optimizer, PrefixMode, SUMMARY_FILE};
+use contracts::head::Activation;
 use dataset::{Dataset, Split};
 use ndarray::{ArrayD, IxDyn};
 use onnx_graph::ModelProto;
@@ -29,16 +30,19 @@ use progress::Progress;
 use spec::ModelSpec;
 
 use crate::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
-use crate::compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit};
 use crate::data::{BatchSource, InMemory};
 use crate::error::{FinetuneError, HeadError, Result, SetupError};
 use crate::images::ImageSource;
 use crate::infer::Inference;
 use crate::ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig};
 use crate::prefix::{PrefixCacheStats, PrefixSource, SplitGraph};
-use crate::select::{select_parameters, ParameterSplit, Unfreeze};
+use crate::select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
 use crate::train::{EpochRecord, RunOptions, TrainOutcome};
 use crate::{Augment, Schedule, TrainConfig};
+use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit};
+
+/// The highest ONNX IR version ONNX Runtime 1.19 (the training API) reads.
+pub const MAX_TRAINING_IR_VERSION: i64 = 10;
 
 /// `evaluation-test.json`, in the output folder.
 pub const TEST_EVALUATION_FILE: &str = "evaluation-test.json";
@@ -134,16 +138,29 @@ pub fn plan(job: Job, hooks: &mut Hooks<'_>) -> Result<Plan> {
     };
     let resolved = models::resolve_with_progress(&spec, &cache, hooks.progress)?;
     (hooks.log)(&resolved.weights_note());
-    let head = head_init(&job.head, &classes)?;
+    let (head, activation) = head_init(&job.head, &classes)?;
     let (augment, mode) = prefix_mode(&job.config, &examples)?;
 
     let venv = runtime::ensure_training_venv()?;
     let ort = OrtTraining::init(&venv)?;
     let conv_base = onnx_graph::read_model(&resolved.conv_base)?;
-    let options = ComposeOptions { allow_random_head: job.allow_random_head, ..ComposeOptions::from_spec(&spec) };
-    let composed = compose(&conv_base, &head, &options)?;
+    if conv_base.ir_version > MAX_TRAINING_IR_VERSION {
+        return Err(SetupError::IrVersion { found: conv_base.ir_version, max: MAX_TRAINING_IR_VERSION }.into());
+    }
+    let options =
+        ComposeOptions { allow_random_head: job.allow_random_head, activation, ..ComposeOptions::from_spec(&spec) };
+    let mut composed = compose(&conv_base, &head, &options)?;
     let unfreeze: Unfreeze = job.config.unfreeze.parse()?;
     let parameters = select_parameters(&composed.training, &composed.head_params, &unfreeze, &spec.blocks)?;
+    let parameters = apply_batch_norm(&composed.training, parameters, spec.fine_tune.batch_norm)?;
+    // Before the training build sees it: it would switch these layers to batch statistics.
+    let rewritten = onnx_graph::batch_norm::freeze_statistics(&mut composed.training)?;
+    if rewritten > 0 {
+        (hooks.log)(&format!(
+            "batch normalisation: {rewritten} layers keep their running statistics ({:?})",
+            spec.fine_tune.batch_norm
+        ));
+    }
     let split = frozen_split(mode, &spec, &composed, &parameters, hooks)?;
     let mode = if split.is_none() { PrefixMode::Full } else { mode };
     (hooks.log)(&format!(
@@ -186,17 +203,21 @@ fn open_examples(data: &DataSource, spec: &ModelSpec) -> Result<(Examples, Vec<S
     }
 }
 
-fn head_init(head: &HeadSource, classes: &[String]) -> Result<HeadInit> {
+/// The head's starting layers and the activation between them.
+fn head_init(head: &HeadSource, classes: &[String]) -> Result<(HeadInit, Activation)> {
     match head {
-        HeadSource::Trained(dir) => Ok(HeadInit::Trained(read_head(dir, classes)?)),
+        HeadSource::Trained(dir) => {
+            let (layers, activation) = read_head(dir, classes)?;
+            Ok((HeadInit::Trained(layers), activation))
+        }
         HeadSource::Random { hidden, seed } => {
-            Ok(HeadInit::Random { hidden: hidden.clone(), classes: classes.len(), seed: *seed })
+            Ok((HeadInit::Random { hidden: hidden.clone(), classes: classes.len(), seed: *seed }, Activation::Relu))
         }
     }
 }
 
 /// The head stage's weights as layers, checked against the dataset's classes.
-fn read_head(dir: &Path, classes: &[String]) -> Result<Vec<DenseLayer>> {
+fn read_head(dir: &Path, classes: &[String]) -> Result<(Vec<DenseLayer>, Activation)> {
     let (meta, layers) = contracts::head::read_head(dir)?;
     if meta.class_names != classes {
         return Err(HeadError::Classes {
@@ -206,7 +227,7 @@ fn read_head(dir: &Path, classes: &[String]) -> Result<Vec<DenseLayer>> {
         }
         .into());
     }
-    layers.into_iter().map(|l| DenseLayer::from_out_in(&l.weight, l.outputs, l.inputs, l.bias)).collect()
+    Ok((DenseLayer::from_head(&layers)?, meta.activation))
 }
 
 /// The augmentation, and how the frozen prefix runs: `auto` is cached
