@@ -4,7 +4,8 @@
 //! fine-tune stage's evaluation through `predict`, stage skipping by
 //! fingerprint (no embedding recomputed when only the head changes), earlier
 //! run folders left alone, and a failing stage reported with its log and
-//! resumed from on the next run.
+//! resumed from on the next run; a run without fine-tuning predicting with
+//! the head stage's `model.onnx`.
 //!
 //! Needs the stage binaries of this workspace's debug build (`cargo test
 //! --workspace` builds them; `cargo build --workspace --bins` otherwise), the
@@ -188,6 +189,58 @@ fn a_run_folder_holds_everything_and_later_runs_reuse_stages() {
     let forced = pipeline::run(&again).unwrap();
     assert_eq!(statuses(&forced)["head"], StageStatus::Ran);
     assert_eq!(statuses(&forced)["features"], StageStatus::Skipped);
+}
+
+#[test]
+fn a_run_without_fine_tuning_predicts_with_the_head_stage_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = pipeline::run(&options(dir.path(), experiment(&["finetune.enabled=false"]))).unwrap();
+    let run = &outcome.run_dir;
+    assert!(!run.join("finetune").exists());
+    assert_eq!(predict::find_model(run).unwrap(), run.join("head/model.onnx"));
+
+    // predict on the test split's original files (image → probabilities in
+    // ONNX Runtime 1.32) against the head's own arithmetic on the cached
+    // embeddings of the same images (`head predict`, pure Rust).
+    let dataset = Dataset::open(&run.join("dataset")).unwrap();
+    let images_root = PathBuf::from(json(&run.join("dataset/dataset.json"))["spec"]["root"].as_str().unwrap());
+    let test = dataset.index(Split::Test).unwrap();
+    assert!(test.len() >= 3, "too few test images to compare: {}", test.len());
+    let paths: Vec<PathBuf> = test.iter().map(|r| images_root.join(&r.path)).collect();
+    let mut predictor = predict::load(run, 1).unwrap();
+    let from_model = predictor.predict_images(&paths, 8);
+
+    let classes = dataset.classes().to_vec();
+    let csv_path = dir.path().join("head-predictions.csv");
+    let status = std::process::Command::new(bin_dir().join("head"))
+        .args(["predict", "--split", "test", "--top-k"])
+        .arg(classes.len().to_string())
+        .arg("--head")
+        .arg(run.join("head"))
+        .arg("--features")
+        .arg(run.join("features"))
+        .arg("--out")
+        .arg(&csv_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut reader = csv::Reader::from_path(&csv_path).unwrap();
+    let mut compared = 0;
+    for (row, (record, predicted)) in reader.records().zip(test.iter().zip(&from_model)) {
+        let row = row.unwrap();
+        assert_eq!(&row[0], record.content_id.as_str());
+        let predicted = predicted.as_ref().unwrap();
+        for pair in 0..classes.len() {
+            let class = classes.iter().position(|c| c == &row[3 + 2 * pair]).unwrap();
+            let p_head: f32 = row[4 + 2 * pair].parse().unwrap();
+            let p_model = predicted.probabilities[class];
+            // The head's CSV keeps 6 digits; the stored images go through
+            // the same decode and preprocessing in both paths.
+            assert!((p_head - p_model).abs() < 1e-4, "{}: class {class}: head {p_head}, model {p_model}", record.path);
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, test.len());
 }
 
 #[test]

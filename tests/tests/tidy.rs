@@ -26,7 +26,8 @@ const STAGES: [&str; 6] = ["ingest", "features", "head-cli", "finetune", "predic
 const FOUNDATION: [&str; 5] = ["spec", "train-kit", "contracts", "atomic-file", "progress"];
 /// Shared crates between the foundation and the stages.
 /// `head` is the head's pure library; its stage binary is `head-cli`.
-const SHARED: [&str; 8] = ["imaging", "dataset", "feature-cache", "onnx-graph", "runtime", "models", "demo", "head"];
+const SHARED: [&str; 9] =
+    ["imaging", "dataset", "feature-cache", "onnx-graph", "runtime", "models", "demo", "head", "compose"];
 /// Above the stages.
 const TOP: [&str; 3] = ["pipeline", "xtask", "e2e-tests"];
 /// What the head's library must never reach.

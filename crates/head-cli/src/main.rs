@@ -3,6 +3,8 @@
 //! it names, through the `feature-cache` crate). The head's math is the
 //! `head` library, which knows no files but its own.
 
+mod export;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -28,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train on the train split (validation split for early stopping) and
-    /// write the head, its metrics log, its ONNX graph and test metrics.
+    /// write the head, its metrics log, its ONNX graph, test metrics, and
+    /// `model.onnx` (conv base + head: image in, probabilities out).
     Train {
         /// Folder holding the features stage's `features.json`.
         #[arg(long)]
@@ -213,6 +216,14 @@ fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: us
     let seconds = started.elapsed().as_secs_f64();
     io::save(out, &head)?;
     onnx_graph::write_model(&head::onnx_export::to_onnx(&head), out.join("head.onnx"))?;
+    let checked = export::export_model(&info, &dataset, &store, &head, out)?;
+    eprintln!(
+        "{}: conv base + head, image in, probabilities out; matches the head on {} stored images in ONNX Runtime \
+         (max |diff| {:.1e})",
+        checked.path.display(),
+        checked.images,
+        checked.max_diff
+    );
     if dataset.rows(Split::Test) > 0 {
         let test = load_split(&dataset, &store, Split::Test)?;
         let report = head.evaluate(test.features.view(), &labels(&test), &[1, 3]);
@@ -220,7 +231,7 @@ fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: us
         println!("test split, {} images\n{report}", test.labels.len());
     }
     println!(
-        "trained {} epochs in {seconds:.1} s; head in {} (head.safetensors, head.json, head.onnx, metrics.jsonl)",
+        "trained {} epochs in {seconds:.1} s; head in {} (head.safetensors, head.json, head.onnx, model.onnx, metrics.jsonl)",
         head.meta.history.len(),
         out.display()
     );

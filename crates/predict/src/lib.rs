@@ -43,11 +43,16 @@ pub use output::Format;
 pub const MODEL_FILE: &str = "model.onnx";
 /// Where a run folder keeps its fine-tuned model, relative to the folder.
 pub const FINETUNE_MODEL: &str = "finetune/model.onnx";
+/// Where a run folder keeps the conv base + trained head (every run has
+/// it; the fine-tuned one wins when both exist).
+pub const HEAD_MODEL: &str = "head/model.onnx";
 
 /// Everything that stops a prediction run as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
-    #[error("no model at {0} (looked for the file itself, {MODEL_FILE} and {FINETUNE_MODEL} inside it)")]
+    #[error(
+        "no model at {0} (looked for the file itself, and {MODEL_FILE}, {FINETUNE_MODEL} and {HEAD_MODEL} inside it)"
+    )]
     ModelMissing(PathBuf),
     #[error("cannot read the model {path}: {source}")]
     ModelRead {
@@ -100,13 +105,14 @@ impl Prediction {
 }
 
 /// Finds the model file: `path` itself if it is a file, else
-/// `path/model.onnx`, else `path/finetune/model.onnx`.
+/// `path/model.onnx`, else a run folder's `finetune/model.onnx`, else its
+/// `head/model.onnx`.
 pub fn find_model(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
     if path.is_dir() {
-        for candidate in [path.join(MODEL_FILE), path.join(FINETUNE_MODEL)] {
+        for candidate in [MODEL_FILE, FINETUNE_MODEL, HEAD_MODEL].map(|file| path.join(file)) {
             if candidate.is_file() {
                 return Ok(candidate);
             }
