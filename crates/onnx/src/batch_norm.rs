@@ -82,18 +82,27 @@ pub fn freeze_statistics(model: &mut ModelProto) -> Result<usize, GraphError> {
                 node.output.len()
             )));
         }
-        if int_attribute(&node, "spatial") == Some(0) || int_attribute(&node, "training_mode") == Some(1) {
+        if int_attribute(&node, "training_mode") == Some(1) {
             return Err(GraphError::Unsupported(format!(
-                "BatchNormalization node {:?}: per-activation (spatial = 0) or training-mode normalisation",
+                "BatchNormalization node {:?} is in training mode (training_mode = 1)",
                 p.node
             )));
         }
-        let channels = graph
+        let mean = graph
             .initializer
             .iter()
             .find(|t| t.name == p.mean)
-            .map(|t| tensor::element_count(&t.dims) as i64)
             .ok_or_else(|| GraphError::UnknownInitializer(p.mean.clone()))?;
+        // Opset-7 files from MXNet say `spatial = 0` over per-channel
+        // statistics; ONNX Runtime normalises them per channel, and so does
+        // this. Statistics per activation (more than one dim) are refused.
+        if mean.dims.len() > 1 {
+            return Err(GraphError::Unsupported(format!(
+                "BatchNormalization node {:?}: statistics of shape {:?} (per activation, not per channel)",
+                p.node, mean.dims
+            )));
+        }
+        let channels = tensor::element_count(&mean.dims) as i64;
         let rank = ranks.get(&node.input[0]).copied().flatten().unwrap_or(4).max(2);
         let mut fresh = |suffix: &str| -> String {
             let mut name = format!("{}/frozen_bn/{suffix}", p.node);
