@@ -587,6 +587,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tanh_head_gets_tanh_between_its_layers() {
+        let layers = head(4);
+        let options = ComposeOptions { activation: Activation::Tanh, ..Default::default() };
+        let composed = compose(&conv_base(), &HeadInit::Trained(layers.clone()), &options).unwrap();
+        let ops: Vec<&str> = graph(&composed.training).unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(ops.ends_with(&["Flatten", "Gemm", "Tanh", "Gemm"]), "{ops:?}");
+        // The reference evaluator knows no Tanh: check by hand from the hidden layer.
+        let mut rng = train_kit::SplitMix64::new(5);
+        let images = Tensor::new(vec![1, 3, 32, 32], rng.uniform_vec(-1.0, 1.0, 3 * 32 * 32));
+        let feeds = [(vgg::INPUT_NAME, images)];
+        let hidden =
+            reference::evaluate(&composed.training, &feeds, &["/head/dense0/Gemm_output_0"]).unwrap().remove(0);
+        let activated = Tensor::new(hidden.dims.clone(), hidden.data.iter().map(|v| v.tanh()).collect());
+        let w1 = Tensor::new(vec![8, 5], layers[1].weight.clone());
+        let b1 = Tensor::new(vec![5], layers[1].bias.clone());
+        let expected = reference::gemm(&activated, &w1, Some(&b1), 1.0, 1.0, false, false);
+        let mut model = composed.training.clone();
+        // Feed the hidden layer's tanh to the last Gemm through the graph's own nodes.
+        let nodes = &mut graph_mut(&mut model).unwrap().node;
+        nodes.retain(|n| n.op_type != "Tanh");
+        let last = nodes.last_mut().unwrap();
+        last.input[0] = "tanh_by_hand".into();
+        let feeds = [(vgg::INPUT_NAME, feeds[0].1.clone()), ("tanh_by_hand", activated)];
+        let logits = reference::evaluate(&model, &feeds, &[LOGITS]).unwrap().remove(0);
+        assert!(logits.max_abs_diff(&expected) < 1e-6);
+    }
+
+    #[test]
+    fn the_inference_model_carries_its_metadata_and_only_used_opsets() {
+        let composed = compose(&conv_base(), &HeadInit::Trained(head(1)), &ComposeOptions::default()).unwrap();
+        let mut inference = composed.inference;
+        inference
+            .opset_import
+            .push(onnx_graph::proto::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
+        let props = vec![("class_names".to_owned(), r#"["a","b","c","d","e"]"#.to_owned())];
+        let model = inference_model(inference, &props, "test producer").unwrap();
+        assert_eq!(onnx_graph::metadata(&model, "class_names").unwrap(), r#"["a","b","c","d","e"]"#);
+        assert_eq!(onnx_graph::metadata(&model, spec::META_OUTPUT).unwrap(), spec::OUTPUT_PROBABILITIES);
+        assert_eq!(model.producer_name, "test producer");
+        assert!(model.opset_import.iter().all(|o| o.domain.is_empty()), "{:?}", model.opset_import);
+    }
+
+    #[test]
     fn from_out_in_transposes() {
         let layer = DenseLayer::from_out_in(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, vec![0.0; 2]).unwrap();
         assert_eq!(layer.dims, [3, 2]);
