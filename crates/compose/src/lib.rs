@@ -105,7 +105,7 @@ impl DenseLayer {
     /// `head` crate's `Dense`), transposed into this layout.
     pub fn from_out_in(weight: &[f32], outputs: usize, inputs: usize, bias: Vec<f32>) -> Result<DenseLayer> {
         if weight.len() != outputs * inputs {
-            return Err(ComposeError::WeightCount { values: weight.len(), outputs, inputs }.into());
+            return Err(ComposeError::WeightCount { values: weight.len(), outputs, inputs });
         }
         let mut transposed = vec![0.0; weight.len()];
         for o in 0..outputs {
@@ -217,7 +217,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     let base_output = match &options.conv_base_output {
         Some(name) => name.clone(),
         None if outputs.len() == 1 => outputs[0].name.clone(),
-        None => return Err(ComposeError::BaseOutputs { count: outputs.len() }.into()),
+        None => return Err(ComposeError::BaseOutputs { count: outputs.len() }),
     };
     let mut model = if outputs.len() == 1 && outputs[0].name == base_output {
         conv_base.clone()
@@ -226,7 +226,7 @@ pub fn compose(conv_base: &ModelProto, head: &HeadInit, options: &ComposeOptions
     };
     let inputs = onnx_graph::inputs(&model)?;
     let [image] = inputs.as_slice() else {
-        return Err(ComposeError::ImageInputs { names: inputs.iter().map(|i| i.name.clone()).collect() }.into());
+        return Err(ComposeError::ImageInputs { names: inputs.iter().map(|i| i.name.clone()).collect() });
     };
     let image_input = image.name.clone();
     let batch_dim = image.dims.as_ref().and_then(|d| d.first().cloned()).unwrap_or(Dim::Unknown);
@@ -324,29 +324,29 @@ fn head_layers(head: &HeadInit, options: &ComposeOptions, feature_len: Option<us
 
 fn check_layers(layers: &[DenseLayer], feature_len: Option<usize>) -> Result<()> {
     if layers.is_empty() {
-        return Err(ComposeError::NoLayers.into());
+        return Err(ComposeError::NoLayers);
     }
     for (index, layer) in layers.iter().enumerate() {
         let [inputs, outputs] = layer.dims;
         if inputs == 0 || outputs == 0 {
-            return Err(ComposeError::ZeroDims { layer: index, dims: layer.dims }.into());
+            return Err(ComposeError::ZeroDims { layer: index, dims: layer.dims });
         }
         if layer.weight.len() != inputs * outputs || layer.bias.len() != outputs {
             let (weights, biases) = (layer.weight.len(), layer.bias.len());
-            return Err(ComposeError::Sizes { layer: index, inputs, outputs, weights, biases }.into());
+            return Err(ComposeError::Sizes { layer: index, inputs, outputs, weights, biases });
         }
         if layer.weight.iter().chain(&layer.bias).any(|v| !v.is_finite()) {
-            return Err(ComposeError::NonFinite { layer: index }.into());
+            return Err(ComposeError::NonFinite { layer: index });
         }
         if let Some(previous) = index.checked_sub(1).map(|i| &layers[i]) {
             if previous.outputs() != inputs {
-                return Err(ComposeError::Chain { layer: index, previous_outputs: previous.outputs(), inputs }.into());
+                return Err(ComposeError::Chain { layer: index, previous_outputs: previous.outputs(), inputs });
             }
         }
     }
     if let Some(expected) = feature_len {
         if layers[0].inputs() != expected {
-            return Err(ComposeError::FeatureLen { head_inputs: layers[0].inputs(), features: expected }.into());
+            return Err(ComposeError::FeatureLen { head_inputs: layers[0].inputs(), features: expected });
         }
     }
     Ok(())
@@ -365,7 +365,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
         .and_then(|info| info.dims)
         .ok_or_else(|| ComposeError::UnknownRank { input: input.to_owned() })?;
     if dims.len() != 4 {
-        return Err(ComposeError::Rank { input: input.to_owned(), rank: dims.len() }.into());
+        return Err(ComposeError::Rank { input: input.to_owned(), rank: dims.len() });
     }
     if let Some([width, height]) = options.input_size {
         let (h_axis, w_axis) = match options.input_layout {
@@ -375,7 +375,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
         for (axis, size) in [(h_axis, height), (w_axis, width)] {
             match &dims[axis] {
                 Dim::Fixed(fixed) if *fixed != i64::from(size) => {
-                    return Err(ComposeError::ImageSize { input: input.to_owned(), axis, fixed: *fixed, size }.into())
+                    return Err(ComposeError::ImageSize { input: input.to_owned(), axis, fixed: *fixed, size })
                 }
                 _ => dims[axis] = Dim::Fixed(i64::from(size)),
             }
@@ -384,7 +384,7 @@ fn fix_spatial_dims(model: &mut ModelProto, input: &str, options: &ComposeOption
     }
     if dims.iter().skip(1).any(|d| d.fixed().is_none()) {
         let shown: Vec<String> = dims.iter().map(ToString::to_string).collect();
-        return Err(ComposeError::SymbolicImage { input: input.to_owned(), dims: shown.join(", ") }.into());
+        return Err(ComposeError::SymbolicImage { input: input.to_owned(), dims: shown.join(", ") });
     }
     Ok(())
 }

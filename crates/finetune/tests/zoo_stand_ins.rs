@@ -62,8 +62,8 @@ fn fine_tune_top_block(file: &str, real: RealFile) -> (Vec<String>, ModelSpec, o
     let log = |line: &str| lines.borrow_mut().push(line.to_owned());
     let mut on_epoch = |_: &finetune::EpochRecord| ControlFlow::Continue(());
     let mut hooks = Hooks { progress: &progress::Silent, log: &log, on_epoch: &mut on_epoch };
-    let summary =
-        finetune::plan(job, &mut hooks).and_then(|plan| plan.run(&mut hooks)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let plan = finetune::plan(job, &mut hooks).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let summary = plan.run(&mut hooks).unwrap_or_else(|e| panic!("{file}: {e}"));
     assert_eq!(summary.completed_epochs, 1);
     let exported = onnx_graph::read_model(&summary.model_onnx).unwrap();
     (lines.into_inner(), spec, exported)
