@@ -4,27 +4,22 @@
 //! untouched. Needs the training venv and the ONNX Runtime library
 //! (`cargo xtask setup`).
 
+mod common;
+
 use std::ops::ControlFlow;
 
+use common::{max_abs_diff, ort, softmax_rows, ONE_THREAD};
 use finetune::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
 use finetune::{
     apply_batch_norm, compose, select_parameters, ComposeOptions, Composed, DenseLayer, HeadInit, InMemory, Inference,
-    Loss, OptimizerKind, OrtTraining, ParameterSplit, RunOptions, Schedule, SessionConfig, TrainConfig, Unfreeze,
+    Loss, OptimizerKind, ParameterSplit, RunOptions, Schedule, TrainConfig, Unfreeze,
 };
-use ndarray::{Array2, ArrayD, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 use onnx_graph::{ConvOptions, Dim, GraphBuilder, ModelProto};
 use spec::{BatchNormMode, Pooling};
 use train_kit::SplitMix64;
 
 const CLASSES: usize = 3;
-const ONE_THREAD: SessionConfig = SessionConfig { threads: 1, deterministic: true };
-
-fn ort() -> &'static OrtTraining {
-    let venv = runtime::ensure_training_venv()
-        .unwrap_or_else(|e| panic!("the training venv is needed (CPython 3.11 with onnxruntime-training 1.19.2): {e}"));
-    OrtTraining::init(&venv).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// conv1 → bn1 → Relu → conv2 → bn2 → Relu → MaxPool: `[N, 3, 8, 8]` →
 /// `[N, 4, 4, 4]`, seeded; running statistics far from what a batch of
 /// these images gives, so batch statistics would show.
@@ -79,22 +74,6 @@ fn images(n: usize, seed: u64) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&[n, 3, 8, 8]), SplitMix64::new(seed).uniform_vec(-1.0, 1.0, n * 192)).unwrap()
 }
 
-fn softmax_rows(logits: &Array2<f32>) -> Array2<f32> {
-    let mut out = logits.clone();
-    for mut row in out.outer_iter_mut() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        row.mapv_inplace(|v| (v - max).exp());
-        let sum = row.sum();
-        row.mapv_inplace(|v| v / sum);
-    }
-    out
-}
-
-fn max_abs_diff(a: &Array2<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 /// The first training step's forward pass, as probabilities, against the
 /// untouched graph (real BatchNormalization nodes) in ONNX Runtime 1.32.
 fn training_forward_vs_inference(training: &ModelProto, split: &ParameterSplit, inference: &ModelProto) -> f32 {
@@ -103,7 +82,7 @@ fn training_forward_vs_inference(training: &ModelProto, split: &ParameterSplit, 
     let mut session = ort().open(&artifacts.files(), &artifacts.checkpoint(), ONE_THREAD, true).unwrap();
     let batch = images(4, 5);
     let step = session.train_step(batch.clone(), vec![0, 1, 2, 0]).unwrap();
-    let expected = Inference::from_model(inference, 1).unwrap().run(&batch).unwrap();
+    let expected = Inference::from_model(inference, 1).unwrap().run(&batch).unwrap().into_dimensionality().unwrap();
     max_abs_diff(&softmax_rows(&step.logits), &expected)
 }
 

@@ -7,31 +7,24 @@
 //! (`cargo xtask setup`); without them they fail and say so, rather than pass
 //! having checked nothing.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
+use common::{max_abs_diff, ort, softmax_rows, ONE_THREAD};
 use finetune::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
 use finetune::{
     compose, select_parameters, BatchSource, ComposeOptions, Composed, DenseLayer, FinetuneError, HeadInit, InMemory,
-    Loss, OptimizerKind, OrtTraining, RunOptions, Schedule, SessionConfig, StopReason, TrainConfig, Unfreeze,
+    Loss, OptimizerKind, RunOptions, Schedule, StopReason, TrainConfig, Unfreeze,
 };
-use ndarray::{Array2, ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 use onnx_graph::vgg;
 use train_kit::SplitMix64;
 
 const SEED: u64 = 11;
 const CLASSES: usize = 4;
-/// One thread: results independent of the machine's load, and the two
-/// cores are shared.
-const ONE_THREAD: SessionConfig = SessionConfig { threads: 1, deterministic: true };
-
-fn ort() -> &'static OrtTraining {
-    let venv = runtime::ensure_training_venv()
-        .unwrap_or_else(|e| panic!("the training venv is needed (CPython 3.11 with onnxruntime-training 1.19.2): {e}"));
-    OrtTraining::init(&venv).unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn model_spec() -> spec::ModelSpec {
     spec::ModelSpec::from_toml(include_str!("../../../data-specs/models/tiny-vgg.toml")).unwrap()
 }
@@ -86,22 +79,6 @@ fn labels(n: usize, seed: u64) -> Vec<i64> {
 
 fn data(n: usize, seed: u64) -> InMemory {
     InMemory::new(images(n, seed), labels(n, seed + 1000)).unwrap()
-}
-
-fn softmax_rows(logits: &Array2<f32>) -> Array2<f32> {
-    let mut out = logits.clone();
-    for mut row in out.outer_iter_mut() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        row.mapv_inplace(|v| (v - max).exp());
-        let sum = row.sum();
-        row.mapv_inplace(|v| v / sum);
-    }
-    out
-}
-
-fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn quick_config(epochs: usize) -> TrainConfig {
