@@ -93,11 +93,13 @@ fn training_normalises_with_the_running_statistics() {
     let mut frozen = composed.training.clone();
     assert_eq!(onnx_graph::batch_norm::freeze_statistics(&mut frozen).unwrap(), 2);
     let diff = training_forward_vs_inference(&frozen, &split, &composed.inference);
+    eprintln!("statistics frozen: training forward vs inference, max |diff| of probabilities {diff:e}");
     assert!(diff < 1e-5, "the training forward pass differs from inference by {diff}");
 
     // The control: left to itself, the training build normalises with the
     // batch's statistics, and the same comparison fails.
     let diff = training_forward_vs_inference(&composed.training, &split, &composed.inference);
+    eprintln!("left to the training build: max |diff| {diff:e}");
     assert!(diff > 1e-2, "batch statistics should have shown (max |diff| {diff})");
 }
 
