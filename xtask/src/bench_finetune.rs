@@ -173,7 +173,8 @@ fn summary_train_images(out: &Path) -> Result<u64> {
 fn prefix_model(work: &Path) -> Result<PathBuf> {
     let path = work.join("prefix.onnx");
     if !path.exists() {
-        let spec = spec::ModelSpec::from_toml(&std::fs::read_to_string(MODEL)?)?;
+        let spec = spec::ModelSpec::from_toml(&std::fs::read_to_string(MODEL)?)
+            .map_err(|e| e.in_file("model spec", std::path::Path::new(MODEL)))?;
         let resolved = models::resolve(&spec, &runtime::cache_dir()?)?;
         let base = onnx_graph::read_model(&resolved.conv_base)?;
         let cut = onnx_graph::cut_at(&base, &spec.blocks["block5"].input)?;

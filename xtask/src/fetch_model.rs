@@ -19,7 +19,7 @@ pub fn run(name_or_path: &str) -> Result<()> {
             spec_path.display()
         )
     })?;
-    let spec = spec::ModelSpec::from_toml(&text).with_context(|| format!("in {}", spec_path.display()))?;
+    let spec = spec::ModelSpec::from_toml(&text).map_err(|e| e.in_file("model spec", &spec_path))?;
     let cache = runtime::cache_dir()?;
     let resolved = models::resolve_with_progress(&spec, &cache, &progress::Terminal::new())?;
     println!("model:       {}", spec.name);

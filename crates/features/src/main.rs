@@ -59,7 +59,7 @@ fn main() -> ExitCode {
 fn read_spec(path: &Path) -> Result<ModelSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read the model spec {}", path.display()))?;
-    ModelSpec::from_toml(&text).with_context(|| format!("model spec {}", path.display()))
+    Ok(ModelSpec::from_toml(&text).map_err(|e| e.in_file("model spec", path))?)
 }
 
 fn run(args: Args) -> Result<()> {

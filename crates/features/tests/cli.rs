@@ -225,3 +225,19 @@ fn a_spec_naming_a_tensor_the_model_lacks_is_an_error_naming_the_spec() {
     let err = run_err(features(dir.path()).args(&a));
     assert!(err.contains("no-such-dataset") && err.contains("run `ingest` first"), "{err}");
 }
+
+#[test]
+fn an_invalid_spec_is_one_error_with_its_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(TINY_SPEC).unwrap();
+    let line = text.lines().position(|l| l.starts_with("pooling = ")).unwrap() + 1;
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("pooling = \"flatten\"", "pooling = \"median\"")).unwrap();
+    let mut a = args(dir.path(), &[]);
+    a[3] = bad.display().to_string();
+    let err = run_err(features(dir.path()).args(&a));
+    let expected = format!("error: model spec {}: line {line}, column 11: unknown variant `median`", bad.display());
+    assert!(err.starts_with(&expected), "{expected:?} starts {err:?}");
+    assert_eq!(err.matches("unknown variant `median`").count(), 1, "said once: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

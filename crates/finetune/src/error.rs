@@ -64,12 +64,9 @@ pub enum FinetuneError {
     #[error("export: {0}")]
     Export(#[from] ExportError),
 
-    #[error("{}: {source}", path.display())]
-    Spec {
-        path: PathBuf,
-        #[source]
-        source: spec::SpecError,
-    },
+    /// A model spec file that does not parse (its message names the file).
+    #[error(transparent)]
+    Spec(spec::FileError),
 
     #[error(transparent)]
     Model(#[from] models::ModelError),

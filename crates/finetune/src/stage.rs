@@ -175,7 +175,7 @@ pub fn plan(job: Job, hooks: &mut Hooks<'_>) -> Result<Plan> {
 
 fn read_spec(path: &Path) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).map_err(FinetuneError::io("cannot read", path))?;
-    ModelSpec::from_toml(&text).map_err(|source| FinetuneError::Spec { path: path.to_owned(), source })
+    ModelSpec::from_toml(&text).map_err(|e| FinetuneError::Spec(e.in_file("model spec", path)))
 }
 
 /// The examples and the class names, in label order.

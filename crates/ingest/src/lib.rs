@@ -101,8 +101,9 @@ pub enum IngestError {
         #[source]
         source: csv::Error,
     },
+    /// Not a source: the message says it all, so a chain prints it once.
     #[error("invalid dataset spec: {0}")]
-    Spec(#[from] spec::SpecError),
+    Spec(spec::SpecError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -161,7 +162,7 @@ pub fn ingest(
     opts: &IngestOptions,
     progress: &dyn Progress,
 ) -> Result<IngestSummary, IngestError> {
-    spec.validate()?;
+    spec.validate().map_err(IngestError::Spec)?;
     let spec = resolve(spec)?;
     let mut found = discover::discover(&spec.source, spec.include_hidden)?;
     let mut rejects = std::mem::take(&mut found.rejects);

@@ -83,7 +83,7 @@ fn build_spec(args: &Args) -> Result<DatasetSpec> {
     let mut spec = match (&args.spec, &args.root, &args.manifest) {
         (Some(path), _, _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let mut spec = DatasetSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+            let mut spec = DatasetSpec::from_toml(&text).map_err(|e| e.in_file("dataset spec", path))?;
             // Paths in a spec are relative to the spec file.
             let base = path.parent().unwrap_or(std::path::Path::new("."));
             spec.source = match spec.source {

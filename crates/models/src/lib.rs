@@ -89,8 +89,8 @@ pub enum ModelError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// A model spec file that does not parse.
-    #[error("{path}: {source}")]
-    Spec { path: PathBuf, source: spec::SpecError },
+    #[error(transparent)]
+    Spec(spec::FileError),
     /// A file is not the one the spec names.
     #[error(
         "model {model}: {} has the wrong {what}: expected {expected}, got {actual}; {}",
@@ -208,8 +208,7 @@ pub fn choose_model(
     };
     let text =
         std::fs::read_to_string(primary).map_err(|source| ModelError::Io { path: primary.to_path_buf(), source })?;
-    let spec =
-        ModelSpec::from_toml(&text).map_err(|source| ModelError::Spec { path: primary.to_path_buf(), source })?;
+    let spec = ModelSpec::from_toml(&text).map_err(|e| ModelError::Spec(e.in_file("model spec", primary)))?;
     match resolve_with_progress(&spec, cache, progress) {
         Ok(_) => Ok(ModelChoice { spec: primary.to_path_buf(), note: None }),
         Err(e) => Ok(ModelChoice {

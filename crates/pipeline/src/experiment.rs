@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use contracts::finetune::FinetuneConfig;
 use contracts::head::{ClassWeights, HeadConfig};
 use serde::{Deserialize, Deserializer, Serialize};
+use spec::SpecError;
 
 /// The procedural demo images' settings (`[data] demo = {...}`).
 pub use ingest::source::DemoImages as Demo;
@@ -131,15 +132,24 @@ impl Experiment {
     /// Parses `text`, applies `overrides` (`section.field=value` or
     /// `section.table.field=value`, the value in TOML syntax or a bare
     /// string) and validates.
-    pub fn parse(text: &str, overrides: &[String]) -> Result<Experiment, String> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Experiment, SpecError> {
+        let mut table: toml::Table = spec::parse_toml(text)?;
         let defaults = section_defaults();
         for item in overrides {
-            apply_override(&mut table, &defaults, item)?;
+            apply_override(&mut table, &defaults, item).map_err(SpecError::Invalid)?;
         }
-        let experiment: Experiment =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.to_string())?;
-        experiment.validate()?;
+        let experiment: Experiment = match toml::Value::Table(table).try_into() {
+            Ok(experiment) => experiment,
+            // The table no longer knows where its values were written: when
+            // the file alone has the mistake, parsing it again says where.
+            Err(e) => {
+                return Err(match spec::parse_toml::<Experiment>(text) {
+                    Err(located @ SpecError::Toml { at: Some(_), .. }) => located,
+                    _ => SpecError::Toml { at: None, message: e.to_string().trim_end().replace("\nin ", " in ") },
+                })
+            }
+        };
+        experiment.validate().map_err(SpecError::Invalid)?;
         Ok(experiment)
     }
 
@@ -236,7 +246,7 @@ mod tests {
     "#;
 
     fn parse(overrides: &[&str]) -> Result<Experiment, String> {
-        Experiment::parse(BASE, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        Experiment::parse(BASE, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -393,5 +403,33 @@ mod tests {
         assert!(err.contains("not a table"), "{err}");
         assert!(parse(&["nonsense"]).unwrap_err().contains("section.field=value"));
         assert!(parse(&["head..epochs=1"]).unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn a_mistake_in_the_file_says_its_line_and_column_once() {
+        let at = |text: &str| match Experiment::parse(text, &[]).unwrap_err() {
+            SpecError::Toml { at, message } => (at, message),
+            other => panic!("{other}"),
+        };
+        // Syntax.
+        let line_of = |text: &str, what: &str| text.lines().position(|l| l.contains(what)).unwrap() + 1;
+        let text = format!("{BASE}[head\n");
+        let (position, message) = at(&text);
+        assert_eq!(position.map(|(line, _)| line), Some(line_of(&text, "[head")), "{message}");
+        // A value of the wrong type, found after the table is built: the file is parsed again to say where.
+        let text = format!("{BASE}[head]\nepochs = \"ten\"\n");
+        let (position, message) = at(&text);
+        let line = line_of(&text, "epochs");
+        assert_eq!(position, Some((line, 10)), "{message}");
+        assert_eq!(message.matches("invalid type").count(), 1, "{message}");
+        let shown = Experiment::parse(&text, &[]).unwrap_err().in_file("experiment", "e.toml".as_ref()).to_string();
+        assert!(shown.starts_with(&format!("experiment e.toml: line {line}, column 10: invalid type")), "{shown}");
+        // A mistake made by an override has no place in the file.
+        let (position, message) = match Experiment::parse(BASE, &["head.epochs=\"ten\"".into()]).unwrap_err() {
+            SpecError::Toml { at, message } => (at, message),
+            other => panic!("{other}"),
+        };
+        assert_eq!(position, None);
+        assert!(message.contains("invalid type"), "{message}");
     }
 }

@@ -47,8 +47,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.experiment)
         .with_context(|| format!("cannot read the experiment {}", args.experiment.display()))?;
-    let mut experiment = pipeline::Experiment::parse(&text, &args.overrides)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.experiment.display()))?;
+    let mut experiment =
+        pipeline::Experiment::parse(&text, &args.overrides).map_err(|e| e.in_file("experiment", &args.experiment))?;
     if let Some(root) = &args.data {
         experiment.data =
             pipeline::experiment::Data { demo: None, spec: None, root: Some(root.clone()), ..experiment.data };

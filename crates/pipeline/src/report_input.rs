@@ -32,7 +32,7 @@ pub fn build(run_dir: &Path, record: &RunRecord, experiment: &Experiment, model_
     let dataset: DatasetInfo = contracts::read(&outputs.file(Stage::Ingest, INFO_FILE))?;
     let features: FeaturesInfo = contracts::read(&outputs.file(Stage::Features, FEATURES_FILE))?;
     let spec_text = std::fs::read_to_string(model_spec).with_context(|| format!("reading {}", model_spec.display()))?;
-    let spec = spec::ModelSpec::from_toml(&spec_text).with_context(|| format!("{}", model_spec.display()))?;
+    let spec = spec::ModelSpec::from_toml(&spec_text).map_err(|e| e.in_file("model spec", model_spec))?;
     let tested = has_test_split(&dataset);
     let finetuned = experiment.finetune.enabled;
     Ok(ReportInput {

@@ -144,7 +144,7 @@ impl DatasetSpec {
     }
 
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let spec: DatasetSpec = toml::from_str(text)?;
+        let spec: DatasetSpec = crate::parse_toml(text)?;
         spec.validate()?;
         Ok(spec)
     }

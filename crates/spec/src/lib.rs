@@ -7,11 +7,13 @@
 //! need no fixtures.
 
 mod dataset;
+mod error;
 mod fingerprint;
 mod inference;
 mod model;
 
 pub use dataset::{DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize, DEFAULT_MAX_PIXELS};
+pub use error::{parse_toml, FileError, SpecError};
 pub use fingerprint::{fingerprint, sha256_hex, Fingerprint};
 pub use inference::{
     InferenceMetadata, MetadataError, StoredImage, META_CLASS_NAMES, META_INPUT, META_KEYS, META_MODEL, META_OUTPUT,
@@ -22,12 +24,3 @@ pub use model::{
     BatchNormMode, Block, ColorOrder, ConvBase, ConvShape, FineTuneSpec, InputSpec, Layout, ModelSource, ModelSpec,
     Pooling, Preprocess, Resize,
 };
-
-/// A spec that failed to parse or validate.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("invalid TOML: {0}")]
-    Toml(#[from] toml::de::Error),
-    #[error("{0}")]
-    Invalid(String),
-}

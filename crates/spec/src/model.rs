@@ -331,7 +331,7 @@ pub struct Block {
 
 impl ModelSpec {
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let spec: ModelSpec = toml::from_str(text)?;
+        let spec: ModelSpec = crate::parse_toml(text)?;
         spec.validate()?;
         Ok(spec)
     }
