@@ -39,7 +39,11 @@ pub fn build(run_dir: &Path, record: &RunRecord, experiment: &Experiment, model_
         title: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         created: record.started_at.clone(),
         experiment: experiment.to_toml(),
-        dataset: dataset_summary(&dataset, &outputs.file(Stage::Ingest, REJECTS_FILE))?,
+        dataset: dataset_summary(
+            &dataset,
+            dataset_name(&dataset.spec, experiment.data.demo.is_some()),
+            &outputs.file(Stage::Ingest, REJECTS_FILE),
+        )?,
         model: ModelSummary {
             name: spec.name.clone(),
             pretrained: features.model.pretrained,
@@ -98,19 +102,39 @@ fn has_test_split(dataset: &DatasetInfo) -> bool {
     dataset.split(Split::Test).rows > 0
 }
 
-fn dataset_summary(dataset: &DatasetInfo, rejects_csv: &Path) -> Result<DatasetSummary> {
+fn dataset_summary(dataset: &DatasetInfo, name: String, rejects_csv: &Path) -> Result<DatasetSummary> {
     let split = |split: Split| {
         let info = dataset.split(split);
         SplitSummary { rows: info.rows as u64, per_class: info.per_class.iter().map(|&n| n as u64).collect() }
     };
     Ok(DatasetSummary {
-        name: dataset.name.clone(),
+        name,
         classes: dataset.classes.clone(),
         train: split(Split::Train),
         validation: split(Split::Validation),
         test: split(Split::Test),
         rejects: rejects(rejects_csv)?,
     })
+}
+
+/// The dataset's name in the report: the one its spec gives; else (an image
+/// folder given as `--root`, named by default) what the images are: the
+/// demo, or the folder's own name (`/data/flowers` is `flowers`; a manifest,
+/// the folder holding it).
+fn dataset_name(spec: &spec::DatasetSpec, demo: bool) -> String {
+    if spec.name != spec::DEFAULT_DATASET_NAME {
+        return spec.name.clone();
+    }
+    if demo {
+        return "demo".to_owned();
+    }
+    let folder = match &spec.source {
+        spec::DatasetSource::Root(root) => PathBuf::from(root),
+        spec::DatasetSource::Manifest(csv) => Path::new(csv).parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    // `.` or `..` have no name of their own; the folder they stand for has.
+    let named = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(&folder).or_else(|| named(&std::fs::canonicalize(&folder).ok()?)).unwrap_or_else(|| spec.name.clone())
 }
 
 fn stage_timings(record: &RunRecord) -> Vec<StageTiming> {
@@ -227,5 +251,23 @@ mod tests {
         let missing = dir.path().join("evaluation-test.json");
         assert!(test_evaluation(&missing, false).unwrap().is_none());
         assert!(format!("{:#}", test_evaluation(&missing, true).unwrap_err()).contains("evaluation-test.json"));
+    }
+
+    #[test]
+    fn a_folder_dataset_is_named_after_its_folder() {
+        use spec::{DatasetSource, DatasetSpec};
+        let root = |path: &str| DatasetSpec::for_root(path);
+        assert_eq!(dataset_name(&root("/data/flowers"), false), "flowers");
+        assert_eq!(dataset_name(&root("/data/flowers/"), false), "flowers");
+        assert_eq!(dataset_name(&root("images/cats-vs-dogs"), false), "cats-vs-dogs");
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(dataset_name(&root("."), false), here.file_name().unwrap().to_string_lossy());
+        let manifest = DatasetSpec { source: DatasetSource::Manifest("/data/birds/labels.csv".into()), ..root("") };
+        assert_eq!(dataset_name(&manifest, false), "birds");
+        // The demo's folder is named after its settings' fingerprint: it is "demo".
+        assert_eq!(dataset_name(&root("runs/.store/demo-images-0123456789abcdef"), true), "demo");
+        // A name the spec gives wins.
+        let named = DatasetSpec { name: "flowers-2024".into(), ..root("/data/x") };
+        assert_eq!(dataset_name(&named, false), "flowers-2024");
     }
 }

@@ -114,8 +114,12 @@ pub enum ResizeFilter {
     Area,
 }
 
+/// The name of a dataset whose spec gives none (an image folder given with
+/// `--root`): readers that can tell a better one (the folder's) use it.
+pub const DEFAULT_DATASET_NAME: &str = "dataset";
+
 fn default_name() -> String {
-    "dataset".into()
+    DEFAULT_DATASET_NAME.into()
 }
 fn default_seed() -> u64 {
     42

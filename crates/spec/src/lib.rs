@@ -12,7 +12,9 @@ mod fingerprint;
 mod inference;
 mod model;
 
-pub use dataset::{DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize, DEFAULT_MAX_PIXELS};
+pub use dataset::{
+    DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize, DEFAULT_DATASET_NAME, DEFAULT_MAX_PIXELS,
+};
 pub use error::{parse_toml, FileError, SpecError};
 pub use fingerprint::{fingerprint, sha256_hex, Fingerprint};
 pub use inference::{
