@@ -69,7 +69,7 @@ fn run(args: Args) -> Result<()> {
     let models_cache = runtime::cache_dir()?;
     let model = models::resolve(&spec, &models_cache).with_context(|| {
         format!(
-            "model spec {}: cannot obtain the conv base (check [source] and conv_base.output in the spec)",
+            "model spec {}: cannot obtain the conv base (check [source], conv_base.output and conv_base.shape in the spec)",
             args.model.display()
         )
     })?;
