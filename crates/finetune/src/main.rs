@@ -186,7 +186,7 @@ fn settings(args: &TrainArgs) -> anyhow::Result<FinetuneConfig> {
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<FinetuneConfig>(&text).with_context(|| format!("{}", path.display()))?
+            spec::parse_toml::<FinetuneConfig>(&text).map_err(|e| e.in_file("fine-tuning settings", path))?
         }
         None => FinetuneConfig::default(),
     };

@@ -169,10 +169,12 @@ fn the_config_file_sets_what_flags_do_not_override() {
     assert_eq!(summary["prefix_mode"], "full");
     assert_eq!(summary["augment"], serde_json::Value::Null);
 
-    std::fs::write(&config, "epoch = 4\n").unwrap();
+    std::fs::write(&config, "epochs = 4\nepoch = 4\n").unwrap();
     let output = command(&f, "misspelt", &["--config", config.to_str().unwrap()]).output().unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("epoch"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("fine-tuning settings {}: line 2, column 1: unknown field `epoch`", config.display());
+    assert!(stderr.contains(&expected) && stderr.matches("unknown field").count() == 1, "{stderr}");
 }
 
 /// `finetune smoke` goes the same way as `train`, on random images and a random head.

@@ -117,10 +117,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { features, out, config, epochs, batch_size, hidden, seed, memory_budget_mb } => {
             let mut config = match config {
-                Some(path) => toml::from_str::<HeadConfig>(
-                    &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-                )
-                .with_context(|| format!("in {}", path.display()))?,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    spec::parse_toml::<HeadConfig>(&text).map_err(|e| e.in_file("head settings", &path))?
+                }
                 None => HeadConfig::default(),
             };
             config.epochs = epochs.unwrap_or(config.epochs);
