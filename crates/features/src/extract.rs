@@ -26,7 +26,7 @@ use runtime::{ModelSource, SessionOptions};
 use serde::{Deserialize, Serialize};
 use spec::{Layout, Pooling};
 
-use imaging::preprocess::{input_len, preprocess_into};
+use imaging::preprocess::{batch_shape, input_len, preprocess_into};
 
 use crate::pool::pool_into;
 use crate::FeaturesError;
@@ -406,10 +406,7 @@ impl<'m> ConvBase<'m> {
         let spec = &self.model.spec;
         assert_eq!(input.len(), n * input_len(&spec.input), "input holds {n} images");
         let [w, h] = spec.input.size.map(|v| v as usize);
-        let shape = match spec.input.layout {
-            Layout::Nchw => [n, 3, h, w],
-            Layout::Nhwc => [n, h, w, 3],
-        };
+        let shape = batch_shape(&spec.input, n);
         let err = ort_error(&self.model.conv_base);
         let tensor = TensorRef::from_array_view((shape, input)).map_err(&err)?;
         let outputs = self.session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(&err)?;

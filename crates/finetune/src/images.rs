@@ -13,7 +13,7 @@ use dataset::{Dataset, Split};
 use image::RgbImage;
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
-use spec::{InputSpec, Layout, ModelSpec, Preprocess};
+use spec::{InputSpec, ModelSpec, Preprocess};
 
 use crate::augment::{self, Augment};
 use crate::data::{Batch, BatchSource};
@@ -89,11 +89,8 @@ impl ImageSource {
 
     /// The shape of one prepared image.
     pub fn item_shape(&self) -> [usize; 3] {
-        let [w, h] = self.input.size.map(|s| s as usize);
-        match self.input.layout {
-            Layout::Nchw => [3, h, w],
-            Layout::Nhwc => [h, w, 3],
-        }
+        let [_, a, b, c] = imaging::preprocess::batch_shape(&self.input, 1);
+        [a, b, c]
     }
 
     fn prepare(&self, image: &StoredImage, epoch: usize, out: &mut [f32]) -> Result<()> {

@@ -187,11 +187,7 @@ fn open_examples(data: &DataSource, spec: &ModelSpec) -> Result<(Examples, Vec<S
             Ok((Examples::Dataset { dir: dir.clone(), dataset }, classes))
         }
         &DataSource::Random { examples, classes } => {
-            let [width, height] = spec.input.size.map(|s| s as usize);
-            let dims = match spec.input.layout {
-                spec::Layout::Nchw => [examples, 3, height, width],
-                spec::Layout::Nhwc => [examples, height, width, 3],
-            };
+            let dims = imaging::preprocess::batch_shape(&spec.input, examples);
             let mut rng = train_kit::SplitMix64::new(2);
             let values = rng.uniform_vec(-2.0, 2.0, dims.iter().product());
             let images = ArrayD::from_shape_vec(IxDyn(&dims), values)

@@ -17,7 +17,6 @@ use feature_cache::Store;
 use head::TrainedHead;
 use ndarray::{Array2, ArrayD, IxDyn};
 use runtime::{ort, ModelSource, SessionOptions};
-use spec::Layout;
 
 /// The file, in the head stage's output folder.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -107,11 +106,7 @@ fn check(
         imaging::preprocess::preprocess_into(&record.pixels, size, &spec.preprocess, &spec.input, out)
             .with_context(|| format!("preparing {} for the check", record.path))?;
     }
-    let [w, h] = spec.input.size.map(|v| v as usize);
-    let dims = match spec.input.layout {
-        Layout::Nchw => [records.len(), 3, h, w],
-        Layout::Nhwc => [records.len(), h, w, 3],
-    };
+    let dims = imaging::preprocess::batch_shape(&spec.input, records.len());
     let images = ArrayD::from_shape_vec(IxDyn(&dims), inputs)?;
     let from_onnx = run(model, &spec.input.name, images)?;
 

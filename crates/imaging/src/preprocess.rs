@@ -51,6 +51,16 @@ pub fn input_len(input: &InputSpec) -> usize {
     3 * input.size[0] as usize * input.size[1] as usize
 }
 
+/// The network input's dims for `batch` images, in the spec's layout:
+/// `[N, 3, H, W]` or `[N, H, W, 3]`.
+pub fn batch_shape(input: &InputSpec, batch: usize) -> [usize; 4] {
+    let [w, h] = input.size.map(|v| v as usize);
+    match input.layout {
+        Layout::Nchw => [batch, 3, h, w],
+        Layout::Nhwc => [batch, h, w, 3],
+    }
+}
+
 /// Size after torchvision's `Resize(side)`: the shorter side becomes `side`,
 /// the longer one `floor(side × long / short)`.
 pub fn shorter_side_size((width, height): (u32, u32), side: u32) -> (u32, u32) {
@@ -162,6 +172,15 @@ pub fn preprocess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_shape_follows_the_layout_and_input_len() {
+        let mut input = InputSpec { name: "x".into(), layout: Layout::Nchw, size: [40, 30] };
+        assert_eq!(batch_shape(&input, 2), [2, 3, 30, 40]);
+        input.layout = Layout::Nhwc;
+        assert_eq!(batch_shape(&input, 2), [2, 30, 40, 3]);
+        assert_eq!(batch_shape(&input, 1).iter().product::<usize>(), input_len(&input));
+    }
 
     #[test]
     fn shorter_side_truncates_the_long_side_like_torchvision() {

@@ -34,7 +34,7 @@ use runtime::ort;
 use runtime::ort::session::builder::GraphOptimizationLevel;
 use runtime::ort::session::Session;
 use runtime::{ModelSource, SessionOptions};
-use spec::{InferenceMetadata, Layout, MetadataError};
+use spec::{InferenceMetadata, MetadataError};
 
 pub use inputs::{collect_images, is_image_path};
 pub use output::Format;
@@ -172,11 +172,7 @@ pub fn preprocess_bytes(bytes: &[u8], metadata: &InferenceMetadata, max_pixels: 
 
 /// The input tensor's dims for `batch` images.
 fn input_dims(metadata: &InferenceMetadata, batch: usize) -> Vec<i64> {
-    let [w, h] = metadata.input.size.map(i64::from);
-    match metadata.input.layout {
-        Layout::Nchw => vec![batch as i64, 3, h, w],
-        Layout::Nhwc => vec![batch as i64, h, w, 3],
-    }
+    imaging::preprocess::batch_shape(&metadata.input, batch).map(|d| d as i64).to_vec()
 }
 
 /// An ONNX Runtime session on an exported model, with its metadata.
