@@ -472,10 +472,7 @@ impl Plan {
     fn export(&self, artifacts: &Artifacts, checkpoint: &Path) -> Result<PathBuf> {
         let model_path = self.job.out.join("model.onnx");
         let stored = match &self.examples {
-            Examples::Dataset { dataset, .. } => {
-                let info = dataset.info();
-                Some(spec::StoredImage { size: info.spec.size, filter: info.spec.filter })
-            }
+            Examples::Dataset { dataset, .. } => Some(dataset.info().spec.stored_image()),
             Examples::Random { .. } => None,
         };
         let metadata = crate::preprocessing_metadata(&self.spec, &self.classes, stored);

@@ -56,13 +56,8 @@ pub fn export_model(
         ..ComposeOptions::from_spec(spec)
     };
     let composed = compose(&conv_base, &HeadInit::Trained(DenseLayer::from_head(&layers)?), &options)?;
-    let stored = dataset.info().spec.clone();
-    let metadata = spec::InferenceMetadata::for_model(
-        spec,
-        &meta.class_names,
-        Some(spec::StoredImage { size: stored.size, filter: stored.filter }),
-    )
-    .to_props();
+    let stored = Some(dataset.info().spec.stored_image());
+    let metadata = spec::InferenceMetadata::for_model(spec, &meta.class_names, stored).to_props();
     let model = compose::inference_model(composed.inference, &metadata, "tl-vision head")?;
 
     let path = out.join(MODEL_FILE);

@@ -133,6 +133,12 @@ fn default_max_pixels() -> u64 {
 }
 
 impl DatasetSpec {
+    /// How this spec stored its images: what an exported model's metadata
+    /// tells `predict` to do to a new image before its own preprocessing.
+    pub fn stored_image(&self) -> crate::StoredImage {
+        crate::StoredImage { size: self.size, filter: self.filter }
+    }
+
     /// A spec with defaults for an image folder.
     pub fn for_root(root: impl Into<String>) -> Self {
         DatasetSpec {
