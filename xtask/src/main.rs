@@ -108,6 +108,9 @@ fn test(rest: &[String]) -> Result<()> {
     setup()?;
     util::cargo(&["fmt", "--all", "--check"])?;
     util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    // The end-to-end tests run the stage binaries of other packages, which
+    // `cargo test` builds only for packages that have integration tests.
+    util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(rest.iter().map(String::as_str));
     util::cargo(&args)
