@@ -83,19 +83,38 @@ impl Default for StoredSize {
 }
 
 impl StoredSize {
-    /// The stored `(width, height)` of an image of the given original size.
-    /// Never zero: a 1000x1 strip still keeps one row.
+    /// The stored `(width, height)` of an image of the given original size:
+    /// never larger than the spec's size, and never larger than the original
+    /// in either dimension (storing never enlarges: a 28x28 image stays
+    /// 28x28 under `ShorterSide(256)`, a 1x100000 strip stays 1x100000).
+    /// Never zero. `ShorterSide` keeps the aspect ratio (the longer side is
+    /// rounded to nearest); an image whose shorter side is at most `side` is
+    /// kept as it is. `Exact([w, h])` gives `(min(w, width), min(h, height))`:
+    /// readers resize stored pixels to the network's input at read time
+    /// (`imaging::preprocess::resize_and_crop`, an exact resize for the
+    /// models that store `Exact`), so a smaller stored image reaches the
+    /// network at the same geometry without the bytes of an enlarged copy.
+    /// The arithmetic is in u64; the result is at most the original size, so
+    /// it always fits in u32.
     pub fn target(self, width: u32, height: u32) -> (u32, u32) {
+        let (width, height) = (width.max(1), height.max(1));
         match self {
-            StoredSize::Exact([w, h]) => (w, h),
+            StoredSize::Exact([w, h]) => (w.clamp(1, width), h.clamp(1, height)),
             StoredSize::ShorterSide(side) => {
-                let (w, h) = (width.max(1) as u64, height.max(1) as u64);
-                let side = side as u64;
-                let scaled = |long: u64, short: u64| ((long * side + short / 2) / short).max(1);
-                if w <= h {
-                    (side as u32, scaled(h, w) as u32)
+                let short = width.min(height);
+                if side >= short {
+                    return (width, height);
+                }
+                // side < short <= long, so long * side / short < long: fits u32.
+                let scaled = |long: u32| {
+                    let (long, short, side) = (u64::from(long), u64::from(short), u64::from(side.max(1)));
+                    let value = ((long * side + short / 2) / short).clamp(1, long);
+                    u32::try_from(value).unwrap_or(u32::MAX)
+                };
+                if width <= height {
+                    (side.max(1), scaled(height))
                 } else {
-                    (scaled(w, h) as u32, side as u32)
+                    (scaled(width), side.max(1))
                 }
             }
         }
@@ -235,8 +254,37 @@ mod tests {
         let s = StoredSize::ShorterSide(256);
         assert_eq!(s.target(640, 480), (341, 256));
         assert_eq!(s.target(480, 640), (256, 341));
-        assert_eq!(s.target(100, 100), (256, 256));
-        assert_eq!(s.target(5000, 1), (1_280_000, 256));
+        assert_eq!(s.target(300, 300), (256, 256));
+        assert_eq!(s.target(5000, 257), (4981, 256));
         assert_eq!(StoredSize::Exact([10, 20]).target(640, 480), (10, 20));
+    }
+
+    #[test]
+    fn storing_never_enlarges() {
+        let s = StoredSize::ShorterSide(256);
+        assert_eq!(s.target(28, 28), (28, 28));
+        assert_eq!(s.target(256, 256), (256, 256));
+        assert_eq!(s.target(1, 100_000), (1, 100_000), "a strip is not upscaled to 256x25,600,000");
+        assert_eq!(s.target(100_000, 1), (100_000, 1));
+        assert_eq!(s.target(5000, 1), (5000, 1));
+        assert_eq!(s.target(0, 0), (1, 1), "never zero");
+        // Exact: at most the spec's size, at most the original, per dimension.
+        assert_eq!(StoredSize::Exact([224, 224]).target(28, 28), (28, 28));
+        assert_eq!(StoredSize::Exact([224, 224]).target(640, 100), (224, 100));
+    }
+
+    #[test]
+    fn large_sizes_do_not_overflow_or_truncate() {
+        let s = StoredSize::ShorterSide(u32::MAX - 1);
+        assert_eq!(s.target(u32::MAX, u32::MAX), (u32::MAX - 1, u32::MAX - 1));
+        let s = StoredSize::ShorterSide(3);
+        // 3 * (2^32 - 1) / 7 rounded, computed in u64.
+        assert_eq!(s.target(u32::MAX, 7), (1_840_700_269, 3));
+        for (w, h) in [(u32::MAX, 1), (1, u32::MAX), (u32::MAX, u32::MAX), (7, u32::MAX)] {
+            for size in [StoredSize::ShorterSide(1), StoredSize::ShorterSide(256), StoredSize::Exact([u32::MAX, 1])] {
+                let (tw, th) = size.target(w, h);
+                assert!(tw >= 1 && th >= 1 && tw <= w && th <= h, "{size:?} of {w}x{h} gave {tw}x{th}");
+            }
+        }
     }
 }
