@@ -184,6 +184,7 @@ impl DatasetSpec {
 
     /// Checks what the types cannot: ratios, sizes, limits.
     pub fn validate(&self) -> Result<(), SpecError> {
+        crate::names::check_name("name", &self.name).map_err(SpecError::Invalid)?;
         let SplitRatios { train, validation, test } = self.split;
         if [train, validation, test].iter().any(|r| !(0.0..=1.0).contains(r)) {
             return Err(SpecError::Invalid(format!(
@@ -247,6 +248,15 @@ mod tests {
         assert!(DatasetSpec::from_toml(bad_sum).unwrap_err().to_string().contains("sum to 1"));
         assert!(DatasetSpec::from_toml("root = \"x\"\ncolour = 1").is_err());
         assert!(DatasetSpec::from_toml("root = \"x\"\nsize = { shorter_side = 0 }").is_err());
+    }
+
+    #[test]
+    fn dataset_names_are_safe_names() {
+        for name in ["../../x", "/abs", ".hidden", "a/b"] {
+            let err = DatasetSpec::from_toml(&format!("name = {name:?}\nroot = \"x\"")).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("name {name:?} is not a safe name")), "{err}");
+        }
+        assert_eq!(DatasetSpec::from_toml("name = \"my-flowers_2.0\"\nroot = \"x\"").unwrap().name, "my-flowers_2.0");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod error;
 mod fingerprint;
 mod inference;
 mod model;
+pub mod names;
 
 pub use dataset::{
     DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize, DEFAULT_DATASET_NAME, DEFAULT_MAX_PIXELS,

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{fingerprint, Fingerprint, SpecError};
+use crate::{fingerprint, names, Fingerprint, SpecError};
 
 /// A backbone: where its ONNX comes from, what it expects as input, where
 /// its conv base ends, and which parameters make up each block.
@@ -337,8 +337,32 @@ impl ModelSpec {
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.check_names()?;
         check_preprocess(&self.name, &self.preprocess, &self.input).map_err(SpecError::Invalid)?;
         check_pooling(&self.name, &self.conv_base).map_err(SpecError::Invalid)
+    }
+
+    /// Checks every value that becomes a path or reaches pip: the name (a
+    /// cache folder), the file name a download is saved under, the wheel's
+    /// file name and member, the requirement. Part of [`Self::validate`];
+    /// also called before anything is written for a spec built in code.
+    pub fn check_names(&self) -> Result<(), SpecError> {
+        let checked = || -> Result<(), String> {
+            names::check_name("name", &self.name)?;
+            match &self.source {
+                ModelSource::Url { url, .. } => {
+                    names::check_name("the file name at the end of source.url", names::file_name_in_url(url))
+                }
+                ModelSource::Pypi { requirement, wheel, member, .. } => {
+                    names::check_requirement("source.pypi.requirement", requirement)?;
+                    names::check_name("source.pypi.wheel", wheel)?;
+                    names::check_member("source.pypi.member", member)
+                }
+                ModelSource::Generated { model, .. } => names::check_name("source.generated.model", model),
+                ModelSource::Path { .. } => Ok(()),
+            }
+        };
+        checked().map_err(SpecError::Invalid)
     }
 
     /// Changes whenever the pixels fed to the network would change.
@@ -434,6 +458,52 @@ mod tests {
         let mut other = spec.clone();
         other.preprocess.color = ColorOrder::Rgb;
         assert_ne!(spec.preprocess_fingerprint(), other.preprocess_fingerprint());
+    }
+
+    #[test]
+    fn names_that_would_leave_the_cache_are_refused_naming_the_field() {
+        let long = "a".repeat(101);
+        for name in ["../../x", "/abs", ".hidden", "a/b", "", long.as_str()] {
+            let bad = SPEC.replace("name = \"m\"", &format!("name = {name:?}"));
+            let err = ModelSpec::from_toml(&bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("name {name:?} is not a safe name: use 1 to 100")), "{name:?}: {err}");
+        }
+        let url = SPEC.replace("http://127.0.0.1:1/m.onnx", "http://127.0.0.1:1/..");
+        let err = ModelSpec::from_toml(&url).unwrap_err().to_string();
+        assert!(err.contains("source.url") && err.contains("\"..\""), "{err}");
+        let no_file = SPEC.replace("http://127.0.0.1:1/m.onnx", "http://127.0.0.1:1/");
+        assert!(ModelSpec::from_toml(&no_file).unwrap_err().to_string().contains("source.url"));
+    }
+
+    /// The spec with a `pypi` source.
+    fn pypi(requirement: &str, wheel: &str, member: &str) -> String {
+        let source = format!(
+            "[source.pypi]\nrequirement = {requirement:?}\nwheel = {wheel:?}\nwheel_sha256 = \"00\"\n\
+             member = {member:?}\nsha256 = \"00\"\n"
+        );
+        let url =
+            "[source.url]\n        url = \"http://127.0.0.1:1/m.onnx\"\n        sha256 = \"00\"\n        size = 10\n";
+        assert!(SPEC.contains(url));
+        SPEC.replace(url, &source)
+    }
+
+    #[test]
+    fn pypi_sources_take_pinned_requirements_and_safe_wheel_paths_only() {
+        let spec = ModelSpec::from_toml(&pypi("pkg[gpu]==1.0", "pkg-1.0-py3-none-any.whl", "pkg/m/x.onnx")).unwrap();
+        assert!(matches!(spec.source, ModelSource::Pypi { .. }));
+        for (requirement, wheel, member, field) in [
+            ("-r http://x/r.txt", "w.whl", "m.onnx", "source.pypi.requirement"),
+            ("--index-url=http://x", "w.whl", "m.onnx", "source.pypi.requirement"),
+            ("pkg==1.0 --pre", "w.whl", "m.onnx", "source.pypi.requirement"),
+            ("pkg @ http://x/p.whl", "w.whl", "m.onnx", "source.pypi.requirement"),
+            ("pkg==1.0;os_name=='nt'", "w.whl", "m.onnx", "source.pypi.requirement"),
+            ("pkg==1.0", "../w.whl", "m.onnx", "source.pypi.wheel"),
+            ("pkg==1.0", "w.whl", "../../m.onnx", "source.pypi.member"),
+            ("pkg==1.0", "w.whl", "/abs/m.onnx", "source.pypi.member"),
+        ] {
+            let err = ModelSpec::from_toml(&pypi(requirement, wheel, member)).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{requirement} {wheel} {member}: {err}");
+        }
     }
 
     #[test]
