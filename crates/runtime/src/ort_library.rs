@@ -70,24 +70,41 @@ pub fn ensure_ort_library() -> Result<PathBuf, RuntimeError> {
     if is_installed(&path) {
         return Ok(path);
     }
+    let _lock = lock_install(&path)?;
+    if is_installed(&path) {
+        return Ok(path);
+    }
     let download_dir =
         tempfile::tempdir().map_err(RuntimeError::io("cannot create a temp folder in", std::env::temp_dir()))?;
     download_wheel(download_dir.path())?;
-    install_ort_from_wheel(&download_dir.path().join(pinned::ORT_WHEEL))
+    install_locked(&download_dir.path().join(pinned::ORT_WHEEL), &path)?;
+    Ok(path)
+}
+
+/// Takes the install lock beside the library (a second process waits, then
+/// finds it installed) and removes what killed installs left there.
+fn lock_install(library: &Path) -> Result<atomic_file::Lock, RuntimeError> {
+    let lock =
+        atomic_file::Lock::exclusive(&library.with_file_name("install.lock"), "the ONNX Runtime library install")
+            .map_err(|e| RuntimeError::Io { what: "cannot lock", path: e.path, source: e.source })?;
+    if let Some(folder) = library.parent() {
+        atomic_file::remove_stale_partials(folder, true);
+    }
+    Ok(lock)
 }
 
 /// Installs the library from an already downloaded copy of the pinned wheel
 /// (for machines without a package index); checks both checksums.
 pub fn install_ort_from_wheel(wheel: &Path) -> Result<PathBuf, RuntimeError> {
     let destination = ort_library_cache_path()?;
-    install_from_wheel(
-        wheel,
-        pinned::ORT_WHEEL_SHA256,
-        pinned::LIBRARY_IN_WHEEL,
-        pinned::LIBRARY_SHA256,
-        &destination,
-    )?;
+    let _lock = lock_install(&destination)?;
+    install_locked(wheel, &destination)?;
     Ok(destination)
+}
+
+/// Installs the pinned library from `wheel`; the caller holds the lock.
+fn install_locked(wheel: &Path, destination: &Path) -> Result<(), RuntimeError> {
+    install_from_wheel(wheel, pinned::ORT_WHEEL_SHA256, pinned::LIBRARY_IN_WHEEL, pinned::LIBRARY_SHA256, destination)
 }
 
 /// A library counts as installed when its stamp holds the pinned checksum
@@ -147,20 +164,25 @@ fn install_from_wheel(
     write_atomically(&stamp, format!("{member_sha256}\n").as_bytes(), 0o644)
 }
 
+/// Writes through a per-process temporary sibling (`.<name>.<pid>.partial`,
+/// which the next install lock holder removes if this process dies), then
+/// renames it into place and syncs the folder.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RuntimeError> {
-    let folder = path.parent().expect("a file in a folder");
-    let mut file =
-        tempfile::NamedTempFile::new_in(folder).map_err(RuntimeError::io("cannot create a temp file in", folder))?;
-    file.write_all(bytes)
-        .and_then(|()| file.as_file().sync_all())
-        .map_err(RuntimeError::io("cannot write", file.path().to_owned()))?;
-    set_mode(file.path(), mode)?;
-    file.persist(path).map_err(|e| RuntimeError::Io {
-        what: "cannot move into place",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    Ok(())
+    let partial = atomic_file::partial_path(path);
+    let written = (|| {
+        let mut file = std::fs::File::create(&partial).map_err(RuntimeError::io("cannot create", &partial))?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(RuntimeError::io("cannot write", &partial))?;
+        set_mode(&partial, mode)?;
+        atomic_file::rename(&partial, path).map_err(|e| RuntimeError::Io {
+            what: "cannot move into place",
+            path: e.path,
+            source: e.source,
+        })
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 #[cfg(unix)]
@@ -246,6 +268,47 @@ mod tests {
         let missing = install_from_wheel(&wheel, &wheel_sha, "pkg/none.so", &sha256(&library), &destination);
         assert!(matches!(missing, Err(RuntimeError::Wheel { .. })), "{missing:?}");
         assert!(!destination.exists());
+    }
+
+    #[test]
+    fn installs_wait_for_each_other_and_the_holder_clears_dead_leftovers() {
+        let folder = tempfile::tempdir().unwrap();
+        let library = b"library bytes".to_vec();
+        let wheel = fake_wheel(folder.path(), &library);
+        let wheel_sha = sha256(&std::fs::read(&wheel).unwrap());
+        let destination = folder.path().join("ort/9.9/libonnxruntime.so");
+        std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
+        // A killed install's half-written library (pid 4294967 is never alive here).
+        let dead = destination.with_file_name(".libonnxruntime.so.4294967.partial");
+        std::fs::write(&dead, b"half").unwrap();
+
+        let held = lock_install(&destination).unwrap();
+        assert!(!dead.exists(), "the lock holder removes a dead install's leftovers");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let (destination, wheel, wheel_sha, library) =
+                (destination.clone(), wheel.clone(), wheel_sha.clone(), library.clone());
+            std::thread::spawn(move || {
+                let _lock = lock_install(&destination).unwrap();
+                // The first install finished while this one waited: it finds the file complete.
+                let found = std::fs::read(&destination).ok();
+                tx.send(()).unwrap();
+                if found.is_none() {
+                    install_from_wheel(&wheel, &wheel_sha, MEMBER, &sha256(&library), &destination).unwrap();
+                }
+                found
+            })
+        };
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "the second install did not wait");
+        install_from_wheel(&wheel, &wheel_sha, MEMBER, &sha256(&library), &destination).unwrap();
+        drop(held);
+        assert_eq!(second.join().unwrap(), Some(library.clone()));
+        let mut names: Vec<_> = std::fs::read_dir(destination.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["install.lock", "libonnxruntime.so", STAMP_FILE]);
     }
 
     #[test]
