@@ -36,6 +36,20 @@ pub struct FeaturesInfo {
     pub images_per_second: f64,
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
+    /// Images whose vectors were refused (not finite, or too large for the
+    /// dtype), sorted by content id: they are in no split the head reads.
+    /// Absent when there are none (files from before it read as none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedImage>,
+}
+
+/// An image the features stage could not give a usable vector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedImage {
+    pub content_id: String,
+    /// The image's path as the dataset records it.
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,11 @@
 //!   tiny-vgg-flatten-f32-3f2a…/           one folder per key (CacheKey::folder_name)
 //!     key.json                            the key, for people and readers
 //!     seg-<nanos>-<pid>-<n>.parquet       committed segments (content_id, embedding)
-//!     .seg-….parquet.partial              a segment being written (never read)
+//!     rejected-<nanos>-<pid>-<n>.json     images whose vectors were refused, and why
+//!     .seg-….parquet.<pid>.partial        a segment being written (never read)
 //!     quarantine/                         files found unreadable or foreign, moved aside
+//!   .locks/<folder>.lock                  shared while a process uses the folder,
+//!                                         exclusive while it is compacted
 //! ```
 //!
 //! A segment is written to a hidden `.partial` sibling and renamed into
@@ -19,6 +22,13 @@
 //! computed again: never trusted. Several processes may append to one
 //! folder at once: names are unique, and a content id found in several
 //! segments is read from the first (the values are the same).
+//!
+//! Every [`Store`] holds a shared lock on its folder for as long as it
+//! lives; compaction, which deletes segments, runs only when it gets the
+//! lock alone ([`Store::compact`] skips otherwise), so no process ever loses
+//! a segment it has indexed. Vectors that are not finite, or do not fit the
+//! key's dtype, are never stored: [`Store::reject`] records the image as
+//! rejected instead, and the readers leave it out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -34,6 +44,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::filter::filter_record_batch;
+use atomic_file::Lock;
 use ndarray::{Array2, ArrayView2};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -62,6 +73,10 @@ pub const COL_EMBEDDING: &str = "embedding";
 pub const KEY_FILE: &str = "key.json";
 /// Where bad files are moved.
 pub const QUARANTINE_DIR: &str = "quarantine";
+/// The folder of lock files, in the cache root (one `<folder>.lock` per key folder).
+pub const LOCKS_DIR: &str = ".locks";
+/// Name prefix of the files recording rejected images.
+const REJECTED_PREFIX: &str = "rejected-";
 
 /// Segments with fewer rows than this are merged by [`Store::compact`]
 /// once there are [`COMPACT_MIN_SEGMENTS`] of them.
@@ -97,6 +112,9 @@ impl FeatureCache {
     pub fn store(&self, key: &CacheKey) -> Result<Store, CacheError> {
         let dir = self.root.join(key.folder_name());
         std::fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
+        let lock = shared_lock(&dir)?;
+        // Several processes may create the same new folder: each writes the
+        // same key.json through a temporary of its own, renamed into place.
         let key_file = dir.join(KEY_FILE);
         match read_key_file(&key_file) {
             Ok(existing) if existing.same_identity(key) => {}
@@ -111,12 +129,52 @@ impl FeatureCache {
             }
             Err(_) => contracts::write(&key_file, key)?,
         }
-        Ok(Store::with_key(dir, key.clone()))
+        Ok(Store::with_key(dir, key.clone(), Some(lock)))
     }
 }
 
 fn read_key_file(path: &Path) -> Result<CacheKey, CacheError> {
     Ok(contracts::read(path)?)
+}
+
+/// `<root>/.locks/<folder>.lock` for the key folder `dir`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let root = dir.parent().unwrap_or(Path::new("."));
+    root.join(LOCKS_DIR).join(format!("{name}.lock"))
+}
+
+fn shared_lock(dir: &Path) -> Result<Lock, CacheError> {
+    let path = lock_path(dir);
+    Ok(Lock::shared(&path, &format!("the feature cache folder {} (being compacted)", dir.display()))?)
+}
+
+/// Why a vector cannot be stored as `dtype`: a value that is not finite,
+/// or (f16) one beyond ±65504 that would be stored as infinity. `None`
+/// when every value is fine.
+pub fn vector_problem(values: &[f32], dtype: Dtype) -> Option<String> {
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Some(format!("the conv base gave {v} at value {i} of its vector (not a finite number)"));
+    }
+    if dtype == Dtype::F16 {
+        let limit = f32::from(half::f16::MAX);
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.abs() > limit) {
+            return Some(format!(
+                "value {i} of its vector is {v:e}, beyond f16's largest ({limit}); store vectors as f32 \
+                 (dtype = \"f32\", --dtype f32)"
+            ));
+        }
+    }
+    None
+}
+
+/// A `rejected-*.json` file: images whose vectors were refused, and why.
+#[derive(Debug, Serialize, Deserialize)]
+struct RejectionFile {
+    /// The fingerprint of the key they were computed under.
+    key: String,
+    /// Content id -> reason.
+    rejected: BTreeMap<String, String>,
 }
 
 /// A file of a store that was not trusted: why, and where it went.
@@ -152,12 +210,25 @@ struct Segment {
 pub struct Index {
     segments: Vec<Segment>,
     entries: HashMap<String, (u32, u32)>,
+    rejected: HashMap<String, String>,
     quarantined: Vec<Quarantined>,
 }
 
 impl Index {
+    /// Whether the vector of `content_id` is stored.
     pub fn contains(&self, content_id: &str) -> bool {
         self.entries.contains_key(content_id)
+    }
+    /// Why the vector of `content_id` was refused, if it was (and none is stored).
+    pub fn rejection(&self, content_id: &str) -> Option<&str> {
+        match self.entries.contains_key(content_id) {
+            true => None,
+            false => self.rejected.get(content_id).map(String::as_str),
+        }
+    }
+    /// Whether the cache has an answer for `content_id`: a vector or a rejection.
+    pub fn covers(&self, content_id: &str) -> bool {
+        self.entries.contains_key(content_id) || self.rejected.contains_key(content_id)
     }
     /// Distinct content ids held.
     pub fn len(&self) -> usize {
@@ -183,19 +254,29 @@ pub struct Store {
     key: CacheKey,
     schema: SchemaRef,
     counter: AtomicU64,
+    /// Shared while this store lives: keeps compaction out.
+    lock: Option<Lock>,
 }
 
 impl Store {
-    fn with_key(dir: PathBuf, key: CacheKey) -> Store {
+    fn with_key(dir: PathBuf, key: CacheKey, lock: Option<Lock>) -> Store {
         let schema = segment_schema(&key);
-        Store { dir, key, schema, counter: AtomicU64::new(0) }
+        Store { dir, key, schema, counter: AtomicU64::new(0), lock }
     }
 
     /// Opens an existing store folder (one holding `key.json`), for readers
     /// that were handed its path (`features.json` names it).
     pub fn open(dir: &Path) -> Result<Store, CacheError> {
-        let key = read_key_file(&dir.join(KEY_FILE))?;
-        Ok(Store::with_key(dir.to_path_buf(), key))
+        let key_file = dir.join(KEY_FILE);
+        if !dir.is_dir() {
+            return Err(CacheError::Cache {
+                path: dir.to_path_buf(),
+                reason: "the feature cache folder is gone (deleted or moved); run `features` again".into(),
+            });
+        }
+        let lock = shared_lock(dir)?;
+        let key = read_key_file(&key_file)?;
+        Ok(Store::with_key(dir.to_path_buf(), key, Some(lock)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -210,7 +291,8 @@ impl Store {
     /// in [`Index::quarantined`]; their vectors count as missing.
     pub fn scan(&self) -> Result<Index, CacheError> {
         let mut index = Index::default();
-        for path in self.segment_files()? {
+        let (segments, rejections) = self.committed_files()?;
+        for path in segments {
             match self.check_segment(&path) {
                 Ok(None) => {} // vanished (merged by another process) meanwhile
                 Ok(Some((segment, ids))) => {
@@ -223,24 +305,55 @@ impl Store {
                 Err(reason) => index.quarantined.push(self.quarantine(&path, reason)),
             }
         }
-        self.remove_stale_partials();
+        for path in rejections {
+            match self.read_rejections(&path) {
+                Ok(None) => {}
+                Ok(Some(file)) => index.rejected.extend(file.rejected),
+                Err(reason) => index.quarantined.push(self.quarantine(&path, reason)),
+            }
+        }
+        // Only those of dead processes: a live one may be about to rename its own.
+        atomic_file::remove_stale_partials(&self.dir, false);
         Ok(index)
     }
 
-    /// Committed segment files, sorted by name (oldest first).
-    fn segment_files(&self) -> Result<Vec<PathBuf>, CacheError> {
+    /// Committed segment files and rejection files, each sorted by name
+    /// (oldest first).
+    fn committed_files(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>), CacheError> {
         let entries = std::fs::read_dir(&self.dir).map_err(CacheError::io(&self.dir))?;
-        let mut files = Vec::new();
+        let (mut segments, mut rejections) = (Vec::new(), Vec::new());
         for entry in entries {
             let entry = entry.map_err(CacheError::io(&self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-            if is_file && name.ends_with(".parquet") && !name.starts_with('.') {
-                files.push(entry.path());
+            if !is_file || name.starts_with('.') {
+                continue;
+            }
+            if name.ends_with(".parquet") {
+                segments.push(entry.path());
+            } else if name.starts_with(REJECTED_PREFIX) && name.ends_with(".json") {
+                rejections.push(entry.path());
             }
         }
-        files.sort();
-        Ok(files)
+        segments.sort();
+        rejections.sort();
+        Ok((segments, rejections))
+    }
+
+    /// Reads a rejection file; `Ok(None)` if it no longer exists,
+    /// `Err(reason)` if it cannot be trusted.
+    fn read_rejections(&self, path: &Path) -> Result<Option<RejectionFile>, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read: {e}")),
+        };
+        let file: RejectionFile =
+            serde_json::from_str(&text).map_err(|e| format!("not a list of rejected images: {e}"))?;
+        if file.key != self.key.fingerprint().0 {
+            return Err(format!("belongs to another cache key ({}), not this folder's", file.key));
+        }
+        Ok(Some(file))
     }
 
     /// Opens a segment and reads its ids; `Ok(None)` if it no longer exists,
@@ -321,31 +434,57 @@ impl Store {
         Quarantined { file: path.to_path_buf(), moved_to: moved.then_some(target), reason }
     }
 
-    /// Removes `.partial` files left by processes that no longer run.
-    fn remove_stale_partials(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Segment temporaries only: the store writes `key.json` through
-            // atomic_file, which removes its own temporary on failure.
-            if !name.starts_with(".seg-") {
-                continue;
-            }
-            let Some(pid) = atomic_file::partial_pid(&name) else { continue };
-            if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(entry.path());
+    /// Commits one segment holding `vectors` (one row per id, the key's
+    /// length, stored in the key's dtype). Returns its path. Refuses the
+    /// whole batch when any vector has a [`vector_problem`]: the caller
+    /// sorts those out first and records them with [`Store::reject`].
+    pub fn append(&self, ids: &[String], vectors: ArrayView2<'_, f32>) -> Result<PathBuf, CacheError> {
+        if ids.len() != vectors.nrows() || vectors.ncols() != self.key.embedding_len {
+            return Err(CacheError::Cache {
+                path: self.dir.clone(),
+                reason: format!(
+                    "{} vectors of {} values for {} ids; this folder holds vectors of {}",
+                    vectors.nrows(),
+                    vectors.ncols(),
+                    ids.len(),
+                    self.key.embedding_len
+                ),
+            });
+        }
+        for (id, row) in ids.iter().zip(vectors.rows()) {
+            let values: Vec<f32> = row.iter().copied().collect();
+            if let Some(problem) = vector_problem(&values, self.key.dtype) {
+                return Err(CacheError::Cache {
+                    path: self.dir.clone(),
+                    reason: format!("image {id}: {problem}; not stored"),
+                });
             }
         }
-    }
-
-    /// Commits one segment holding `vectors` (one row per id, the key's
-    /// length, stored in the key's dtype). Returns its path.
-    pub fn append(&self, ids: &[String], vectors: ArrayView2<'_, f32>) -> Result<PathBuf, CacheError> {
-        assert_eq!(ids.len(), vectors.nrows(), "one vector per id");
-        assert_eq!(vectors.ncols(), self.key.embedding_len, "vectors have the key's length");
         let values: Vec<f32> = vectors.iter().copied().collect();
         let batch = self.record_batch(ids.iter().map(String::as_str), &values)?;
         self.write_segment(&[batch], ids.len().max(1))
+    }
+
+    /// Records images whose vectors cannot be stored (content id, reason),
+    /// so later runs neither recompute them nor expect their vectors.
+    /// Returns the file written.
+    pub fn reject(&self, rejected: &[(String, String)]) -> Result<PathBuf, CacheError> {
+        let file = RejectionFile { key: self.key.fingerprint().0, rejected: rejected.iter().cloned().collect() };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| CacheError::Cache {
+            path: self.dir.clone(),
+            reason: format!("cannot encode the rejected images: {e}"),
+        })?;
+        let path = self.dir.join(format!("{REJECTED_PREFIX}{}.json", self.unique_stem()));
+        atomic_file::write(&path, &json).map_err(|e| CacheError::Io { path: e.path, source: e.source })?;
+        Ok(path)
+    }
+
+    /// `<nanos>-<pid>-<n>`: unique across processes and calls, sorting by time.
+    fn unique_stem(&self) -> String {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let pid = std::process::id();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{nanos:020}-{pid}-{n:06}")
     }
 
     fn record_batch<'a>(&self, ids: impl Iterator<Item = &'a str>, values: &[f32]) -> Result<RecordBatch, CacheError> {
@@ -363,11 +502,7 @@ impl Store {
     }
 
     fn write_segment(&self, batches: &[RecordBatch], rows_per_group: usize) -> Result<PathBuf, CacheError> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let pid = std::process::id();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("seg-{nanos:020}-{pid}-{n:06}.parquet");
-        let path = self.dir.join(&name);
+        let path = self.dir.join(format!("seg-{}.parquet", self.unique_stem()));
         let partial = atomic_file::partial_path(&path);
         let result = (|| -> Result<(), CacheError> {
             let file = File::create(&partial).map_err(CacheError::io(&partial))?;
@@ -378,8 +513,11 @@ impl Store {
             for batch in batches {
                 writer.write(batch).map_err(parquet)?;
             }
-            writer.close().map_err(parquet)?;
-            std::fs::rename(&partial, &path).map_err(CacheError::io(&path))
+            // Durable before it gets its name: a crash leaves a whole
+            // segment or only a `.partial`, never a named empty file.
+            let file = writer.into_inner().map_err(parquet)?;
+            file.sync_all().map_err(CacheError::io(&partial))?;
+            atomic_file::rename(&partial, &path).map_err(|e| CacheError::Io { path: e.path, source: e.source })
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&partial);
@@ -388,9 +526,10 @@ impl Store {
     }
 
     fn writer_properties(&self, rows_per_group: usize) -> WriterProperties {
-        let key_json = serde_json::to_string(&self.key).expect("keys serialise");
+        // A key is strings, numbers and enums: serialising cannot fail.
+        let key_json = serde_json::to_string(&self.key).unwrap_or_default();
         WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             // Ids are unique and vectors are floats: dictionaries only cost time.
             .set_dictionary_enabled(false)
             .set_max_row_group_size(rows_per_group.max(1))
@@ -429,7 +568,12 @@ impl Store {
                 quarantined: index.quarantined.iter().map(|q| q.to_string()).collect(),
             });
         }
-        let flat = out.as_slice_mut().expect("fresh arrays are contiguous");
+        let Some(flat) = out.as_slice_mut() else {
+            return Err(CacheError::Cache {
+                path: self.dir.clone(),
+                reason: "internal: a non-contiguous array".into(),
+            });
+        };
         for (segment, rows) in wanted {
             let segment = &index.segments[segment as usize];
             match read_rows(segment, &rows, len, flat) {
@@ -456,10 +600,21 @@ impl Store {
 
     /// Merges small segments (those under 256 rows, once there are at least
     /// 8) into larger ones, so that many short runs do not leave thousands
-    /// of files. Safe against kills: merged files are committed before the
-    /// small ones are removed, and duplicates are harmless. Returns the
-    /// number of segments removed.
-    pub fn compact(&self) -> Result<usize, CacheError> {
+    /// of files, and removes the `.partial` files of every other process.
+    /// Only when no other [`Store`] of this folder is open, in any process
+    /// (this one's shared lock is given up first): it returns `Ok(None)`
+    /// without waiting otherwise. Safe against kills: merged files are
+    /// committed before the small ones are removed, and duplicates are
+    /// harmless. Returns the number of segments removed.
+    pub fn compact(mut self) -> Result<Option<usize>, CacheError> {
+        drop(self.lock.take());
+        let Some(_alone) = Lock::try_exclusive(&lock_path(&self.dir))? else { return Ok(None) };
+        // Holding the lock alone: every `.partial` here is a dead process's.
+        atomic_file::remove_stale_partials(&self.dir, true);
+        self.merge_small_segments().map(Some)
+    }
+
+    fn merge_small_segments(&self) -> Result<usize, CacheError> {
         let index = self.scan()?;
         let small: Vec<&Segment> = index.segments.iter().filter(|s| s.rows < SMALL_SEGMENT_ROWS).collect();
         if small.len() < COMPACT_MIN_SEGMENTS {

@@ -12,7 +12,8 @@
 //! - [`cache_key`] / [`preprocess_fingerprint`]: the key an extraction of a
 //!   dataset with a model writes under.
 //! - [`open_features`]: the dataset and store a `features.json` names,
-//!   checked to still match.
+//!   checked to still match; [`verify`]: whether a features output is still
+//!   whole (before trusting it again instead of extracting).
 //!
 //! No ONNX Runtime here: it only keeps vectors.
 
@@ -27,10 +28,10 @@ use dataset::Dataset;
 use spec::{ModelSpec, Pooling};
 
 pub use cache::{
-    segment_schema, FeatureCache, Index, Quarantined, Store, COL_CONTENT_ID, COL_EMBEDDING, KEY_FILE, META_KEY,
-    META_SCHEMA_VERSION, QUARANTINE_DIR, SEGMENT_SCHEMA_VERSION,
+    lock_path, segment_schema, vector_problem, FeatureCache, Index, Quarantined, Store, COL_CONTENT_ID, COL_EMBEDDING,
+    KEY_FILE, LOCKS_DIR, META_KEY, META_SCHEMA_VERSION, QUARANTINE_DIR, SEGMENT_SCHEMA_VERSION,
 };
-pub use load::{load_split, stream_split, SplitFeatures, SplitStream};
+pub use load::{load_split, stream_split, usable_records, SplitFeatures, SplitStream};
 
 /// Why the cache could not be read or written. Each message names the file
 /// concerned and, where there is one, what to do.
@@ -73,6 +74,9 @@ pub enum CacheError {
 
     #[error(transparent)]
     Contract(#[from] contracts::ContractError),
+
+    #[error(transparent)]
+    Lock(#[from] atomic_file::LockError),
 }
 
 fn quarantined_note(quarantined: &[String]) -> String {
@@ -149,4 +153,36 @@ pub fn open_features(info: &FeaturesInfo) -> Result<(Dataset, Store), CacheError
         });
     }
     Ok((dataset, store))
+}
+
+/// Checks that the features output in `features_dir` is still whole: its
+/// `features.json` reads, the dataset it names is unchanged, the cache
+/// folder it names exists and holds its key, and every image of the splits
+/// it covers has a vector in a readable segment (or was rejected). A
+/// deleted segment, or one found damaged (moved to `quarantine/` by this
+/// check), is [`CacheError::Missing`]: run the features stage again, which
+/// computes exactly the missing vectors. Reads the content ids only, not
+/// the vectors.
+pub fn verify(features_dir: &Path) -> Result<(), CacheError> {
+    let info = read_features(features_dir)?;
+    let (dataset, store) = open_features(&info)?;
+    let index = store.scan()?;
+    let (mut missing, mut wanted) = (0, 0);
+    for &split in info.splits.keys() {
+        for record in dataset.index(split)? {
+            wanted += 1;
+            if !index.covers(&record.content_id) {
+                missing += 1;
+            }
+        }
+    }
+    if missing > 0 {
+        return Err(CacheError::Missing {
+            store: store.dir().to_path_buf(),
+            missing,
+            wanted,
+            quarantined: index.quarantined().iter().map(|q| q.to_string()).collect(),
+        });
+    }
+    Ok(())
 }

@@ -20,10 +20,12 @@ pub struct SplitFeatures {
 
 /// Every vector of a split, in memory. Fails with
 /// [`CacheError::Missing`] when any row is not cached (run extraction
-/// first). For splits that do not fit in memory, see [`stream_split`].
+/// first). Rows whose vectors the features stage rejected (see
+/// [`Store::reject`]) are left out: `ids` and `labels` say which rows
+/// there are. For splits that do not fit in memory, see [`stream_split`].
 pub fn load_split(dataset: &Dataset, store: &Store, split: Split) -> Result<SplitFeatures, CacheError> {
-    let records = dataset.index(split)?;
     let index = store.scan()?;
+    let records = usable_records(dataset, &index, split)?;
     let ids: Vec<&str> = records.iter().map(|r| r.content_id.as_str()).collect();
     let features = store.read(&index, &ids)?;
     Ok(SplitFeatures {
@@ -42,8 +44,8 @@ pub fn stream_split<'s>(
     split: Split,
     batch_size: usize,
 ) -> Result<SplitStream<'s>, CacheError> {
-    let records = dataset.index(split)?;
     let index = store.scan()?;
+    let records = usable_records(dataset, &index, split)?;
     let missing = records.iter().filter(|r| !index.contains(&r.content_id)).count();
     if missing > 0 {
         return Err(CacheError::Missing {
@@ -62,6 +64,13 @@ pub fn stream_split<'s>(
         batch_size: batch_size.max(1),
         failed: false,
     })
+}
+
+/// The split's index rows, less those whose vectors were rejected.
+pub fn usable_records(dataset: &Dataset, index: &Index, split: Split) -> Result<Vec<dataset::Record>, CacheError> {
+    let mut records = dataset.index(split)?;
+    records.retain(|r| index.rejection(&r.content_id).is_none());
+    Ok(records)
 }
 
 /// Iterator returned by [`stream_split`].

@@ -4,7 +4,9 @@
 //! keeps the rows whose vectors are missing, preprocesses them into the
 //! next input tensor and hands it over a bounded channel (two tensors deep);
 //! the calling thread runs ONNX Runtime on the current tensor, pools the
-//! output and commits it to the cache as one segment. So decoding and
+//! output and commits it to the cache as one segment. A vector that is not
+//! finite (or does not fit f16 storage) is not stored: its image is
+//! recorded as rejected, named in the summary, and left out by the readers. So decoding and
 //! preprocessing overlap inference, and memory holds at most a few batches.
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use contracts::features::{CacheKey, Dtype};
+use contracts::features::{CacheKey, Dtype, RejectedImage};
 use dataset::{Dataset, Split};
 use feature_cache::{FeatureCache, Index, Quarantined, Store};
 use models::ResolvedModel;
@@ -76,6 +78,9 @@ pub struct ExtractSummary {
     pub threads: usize,
     /// Cache files found bad and moved aside (their vectors were recomputed).
     pub quarantined: Vec<Quarantined>,
+    /// Images without a usable vector (this run's and earlier runs'),
+    /// sorted by content id; counted neither in `hits` nor in `computed`.
+    pub rejected: Vec<RejectedImage>,
     /// Problems that did not stop the run (a failed compaction).
     pub warnings: Vec<String>,
 }
@@ -94,6 +99,8 @@ impl ExtractSummary {
 /// One preprocessed batch on its way to inference.
 struct Batch {
     ids: Vec<String>,
+    /// The images' paths as the dataset records them, for messages.
+    paths: Vec<String>,
     input: Vec<f32>,
 }
 
@@ -118,7 +125,7 @@ pub fn extract(
     let key = feature_cache::cache_key(dataset.info(), &model.spec, &model.fingerprint, pooling, options.dtype);
     let store = cache.store(&key)?;
     let index = store.scan()?;
-    let lookup = look_up(dataset, &splits, &index)?;
+    let mut lookup = look_up(dataset, &splits, &index)?;
     let threads = options.threads.unwrap_or_else(available_cores).max(1);
     let mut summary = ExtractSummary {
         key,
@@ -130,16 +137,23 @@ pub fn extract(
         inference_seconds: 0.0,
         threads,
         quarantined: index.quarantined().to_vec(),
+        rejected: Vec::new(),
         warnings: Vec::new(),
     };
+    drop(index);
     if !lookup.missing.is_empty() {
         let job = Job { dataset, model, splits: &splits, missing: &lookup.missing, pooling, threads, store: &store };
-        (summary.computed, summary.inference_seconds) = job.run(options.batch_size.max(1), progress)?;
+        let done = job.run(options.batch_size.max(1), progress)?;
+        (summary.computed, summary.inference_seconds) = (done.computed, done.inference_seconds);
+        lookup.rejected.extend(done.rejected);
         // Merging small segments only saves files; the vectors are committed.
+        // It runs only if no other process uses the folder (it deletes segments).
         if let Err(e) = store.compact() {
             summary.warnings.push(format!("compacting the cache failed (harmless): {e}"));
         }
     }
+    lookup.rejected.sort_by(|a, b| a.content_id.cmp(&b.content_id));
+    summary.rejected = lookup.rejected;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -152,12 +166,14 @@ struct Lookup {
     missing: HashSet<String>,
     /// Distinct content ids already cached.
     hits: usize,
+    /// Distinct images rejected by an earlier run.
+    rejected: Vec<RejectedImage>,
 }
 
 /// Reads the splits' index columns (no pixels) and checks each distinct
 /// content id against the cache's index. An image in several splits counts once.
 fn look_up(dataset: &Dataset, splits: &[Split], index: &Index) -> Result<Lookup, FeaturesError> {
-    let mut lookup = Lookup { rows: BTreeMap::new(), missing: HashSet::new(), hits: 0 };
+    let mut lookup = Lookup { rows: BTreeMap::new(), missing: HashSet::new(), hits: 0, rejected: Vec::new() };
     let mut seen: HashSet<String> = HashSet::new();
     for &split in splits {
         let records = dataset.index(split)?;
@@ -168,6 +184,9 @@ fn look_up(dataset: &Dataset, splits: &[Split], index: &Index) -> Result<Lookup,
             }
             if index.contains(&record.content_id) {
                 lookup.hits += 1;
+            } else if let Some(reason) = index.rejection(&record.content_id) {
+                let reason = reason.to_owned();
+                lookup.rejected.push(RejectedImage { content_id: record.content_id, path: record.path, reason });
             } else {
                 lookup.missing.insert(record.content_id);
             }
@@ -187,10 +206,19 @@ struct Job<'a> {
     store: &'a Store,
 }
 
+/// What [`Job::run`] did.
+struct Done {
+    /// Vectors computed and stored.
+    computed: usize,
+    inference_seconds: f64,
+    /// Images whose vectors were refused (and recorded as such in the cache).
+    rejected: Vec<RejectedImage>,
+}
+
 impl Job<'_> {
     /// Runs the producer thread and inference on this one, committing one
-    /// segment per batch. Returns the rows computed and the inference time.
-    fn run(&self, batch_size: usize, progress: &dyn Progress) -> Result<(usize, f64), FeaturesError> {
+    /// segment per batch (and the batch's rejected images, if any).
+    fn run(&self, batch_size: usize, progress: &dyn Progress) -> Result<Done, FeaturesError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Batch, FeaturesError>>(2);
         std::thread::scope(|scope| {
             scope.spawn(move || produce(self.dataset, self.model, self.splits, self.missing, batch_size, tx));
@@ -198,21 +226,45 @@ impl Job<'_> {
             let mut conv_base = ConvBase::open(self.model, self.pooling, self.threads)?;
             let embedding_len = self.store.key().embedding_len;
             progress.start("extracting", self.missing.len() as u64);
-            let mut computed = 0;
+            let dtype = self.store.key().dtype;
+            let mut done = Done { computed: 0, inference_seconds: 0.0, rejected: Vec::new() };
             let mut first: Option<Instant> = None;
             for batch in rx {
                 let batch = batch?;
                 first.get_or_insert_with(Instant::now);
                 let vectors = conv_base.run(&batch.input, batch.ids.len())?;
-                let view = ArrayView2::from_shape((batch.ids.len(), embedding_len), &vectors)
-                    .expect("pooled vectors have the key's length");
-                self.store.append(&batch.ids, view)?;
-                computed += batch.ids.len();
-                progress.advance(batch.ids.len() as u64);
+                let (mut ids, mut kept, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+                for ((id, path), vector) in batch.ids.into_iter().zip(batch.paths).zip(vectors.chunks(embedding_len)) {
+                    match feature_cache::vector_problem(vector, dtype) {
+                        None => {
+                            ids.push(id);
+                            kept.extend_from_slice(vector);
+                        }
+                        Some(reason) => rejected.push(RejectedImage { content_id: id, path, reason }),
+                    }
+                }
+                let n = ids.len() + rejected.len();
+                if !ids.is_empty() {
+                    let view = ArrayView2::from_shape((ids.len(), embedding_len), &kept).map_err(|e| {
+                        feature_cache::CacheError::Cache {
+                            path: self.store.dir().to_path_buf(),
+                            reason: format!("internal: pooled vectors do not have the key's length: {e}"),
+                        }
+                    })?;
+                    self.store.append(&ids, view)?;
+                }
+                if !rejected.is_empty() {
+                    let pairs: Vec<(String, String)> =
+                        rejected.iter().map(|r| (r.content_id.clone(), r.reason.clone())).collect();
+                    self.store.reject(&pairs)?;
+                    done.rejected.extend(rejected);
+                }
+                done.computed += ids.len();
+                progress.advance(n as u64);
             }
             progress.finish();
-            let inference_seconds = first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-            Ok((computed, inference_seconds))
+            done.inference_seconds = first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+            Ok(done)
         })
     }
 }
@@ -258,7 +310,11 @@ fn produce(
 ) {
     let spec = &model.spec;
     let per_image = input_len(&spec.input);
-    let new_batch = || Batch { ids: Vec::with_capacity(batch_size), input: Vec::with_capacity(batch_size * per_image) };
+    let new_batch = || Batch {
+        ids: Vec::with_capacity(batch_size),
+        paths: Vec::with_capacity(batch_size),
+        input: Vec::with_capacity(batch_size * per_image),
+    };
     let mut batch = new_batch();
     let mut sent: HashSet<&str> = HashSet::new();
     for &split in splits {
@@ -289,6 +345,7 @@ fn produce(
                     return;
                 }
                 batch.ids.push(record.content_id);
+                batch.paths.push(record.path);
                 if batch.ids.len() == batch_size && tx.send(Ok(std::mem::replace(&mut batch, new_batch()))).is_err() {
                     return; // inference failed; it reports why
                 }

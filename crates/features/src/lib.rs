@@ -130,5 +130,6 @@ pub fn features_info(
         seconds: summary.seconds,
         images_per_second: summary.images_per_second(),
         threads: summary.threads,
+        rejected: summary.rejected.clone(),
     }
 }

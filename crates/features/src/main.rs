@@ -92,6 +92,9 @@ fn run(args: Args) -> Result<()> {
     for q in &summary.quarantined {
         eprintln!("warning: feature cache: {q}");
     }
+    for r in &summary.rejected {
+        eprintln!("warning: rejected {} ({}): {}", r.path, r.content_id, r.reason);
+    }
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
@@ -106,11 +109,12 @@ fn run(args: Args) -> Result<()> {
         "nothing to compute".to_string()
     };
     println!(
-        "features: {} images ({}): {} hits, {} computed in {:.1} s ({speed}); {} x {} ({}) per image",
-        summary.hits + summary.computed,
+        "features: {} images ({}): {} hits, {} computed, {} rejected in {:.1} s ({speed}); {} x {} ({}) per image",
+        summary.hits + summary.computed + summary.rejected.len(),
         rows.join(", "),
         summary.hits,
         summary.computed,
+        summary.rejected.len(),
         summary.seconds,
         summary.key.embedding_len,
         summary.key.dtype,

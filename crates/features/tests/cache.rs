@@ -103,8 +103,10 @@ fn another_preprocessing_or_model_is_another_key() {
     .unwrap();
     assert_eq!((pooled.hits, pooled.computed), (0, rows), "pooling and dtype are part of the key");
 
-    // Four folders, each with its key; the first key still hits.
-    assert_eq!(std::fs::read_dir(cache.root()).unwrap().count(), 4);
+    // Four folders, each with its key (and the hidden folder of their locks); the first key still hits.
+    let folders = std::fs::read_dir(cache.root()).unwrap().map(|e| e.unwrap().file_name());
+    assert_eq!(folders.filter(|n| !n.to_string_lossy().starts_with('.')).count(), 4);
+    assert!(cache.root().join(feature_cache::LOCKS_DIR).is_dir());
     assert_eq!(run(&dataset, &base, &cache).computed, 0);
     // Vectors of different keys differ.
     let a = load_split(&dataset, &cache.store(&first.key).unwrap(), Split::Train).unwrap();
