@@ -51,11 +51,15 @@ pub fn predict(head_dir: &Path, features_dir: &Path, split: Split, top_k: usize,
     let records = dataset.index(split)?;
     let data = load_split(&dataset, &store, split)?;
     let probs = head.predict_proba(data.features.view());
-    let mut w: Box<dyn std::io::Write> = match out {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("{}", path.display()))?),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    write_predictions(&mut w, &records, &head.meta.class_names, &probs, top_k)
+    match out {
+        // Whole or not at all: a killed run leaves no half-written CSV.
+        Some(path) => {
+            let mut csv = Vec::new();
+            write_predictions(&mut csv, &records, &head.meta.class_names, &probs, top_k)?;
+            atomic_file::write(path, &csv).with_context(|| format!("writing the predictions {}", path.display()))
+        }
+        None => write_predictions(&mut std::io::stdout().lock(), &records, &head.meta.class_names, &probs, top_k),
+    }
 }
 
 fn labels(data: &SplitFeatures) -> Vec<usize> {
@@ -156,10 +160,11 @@ struct CacheSource<'s> {
 
 impl<'s> CacheSource<'s> {
     fn new(dataset: &Dataset, store: &'s Store, dim: usize) -> Result<Self> {
-        let records = dataset.index(Split::Train)?;
+        let index = store.scan()?;
+        let records = feature_cache::usable_records(dataset, &index, Split::Train)?;
         Ok(CacheSource {
             store,
-            index: store.scan()?,
+            index,
             ids: records.iter().map(|r| r.content_id.clone()).collect(),
             labels: records.iter().map(|r| r.label_index as usize).collect(),
             dim,
@@ -208,4 +213,38 @@ fn write_predictions(
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_paths_with_separators_quotes_and_newlines_round_trip() {
+        let hostile = "a|b,\"c\"<x>\n*y*";
+        let classes = vec![hostile.to_owned(), "plain".to_owned()];
+        let record = dataset::Record {
+            content_id: "id1".into(),
+            path: "dir, with \"quotes\"/img.png".into(),
+            label: hostile.into(),
+            label_index: 0,
+            split: Split::Test,
+            width: 1,
+            height: 1,
+            stored_width: 1,
+            stored_height: 1,
+            pixels: vec![0; 3],
+        };
+        let probs = Array2::from_shape_vec((1, 2), vec![0.75, 0.25]).unwrap();
+        let mut csv = Vec::new();
+        write_predictions(&mut csv, &[record.clone()], &classes, &probs, 2).unwrap();
+
+        let mut reader = csv::Reader::from_reader(csv.as_slice());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+        assert_eq!(header, ["content_id", "path", "label", "top1", "p1", "top2", "p2"]);
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1, "the newline in the label did not start a row");
+        let row: Vec<&str> = rows[0].iter().collect();
+        assert_eq!(row, ["id1", record.path.as_str(), hostile, hostile, "0.750000", "plain", "0.250000"]);
+    }
 }
