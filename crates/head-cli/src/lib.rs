@@ -237,7 +237,7 @@ mod tests {
         };
         let probs = Array2::from_shape_vec((1, 2), vec![0.75, 0.25]).unwrap();
         let mut csv = Vec::new();
-        write_predictions(&mut csv, &[record.clone()], &classes, &probs, 2).unwrap();
+        write_predictions(&mut csv, std::slice::from_ref(&record), &classes, &probs, 2).unwrap();
 
         let mut reader = csv::Reader::from_reader(csv.as_slice());
         let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
