@@ -203,7 +203,7 @@ pub fn machine() -> String {
 
 /// Replaces (or appends) one benchmark's section of BENCHMARKS.md, so each
 /// benchmark can be rerun alone.
-fn write_section(name: &str, body: &str) -> Result<()> {
+pub(crate) fn write_section(name: &str, body: &str) -> Result<()> {
     let path = util::workspace_root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         "# Benchmarks\n\nFigures from `cargo xtask bench` on this project's CI machine kind. Each section says the command that \

@@ -4,6 +4,8 @@
 //!   built-in demo by default)
 //! - `cargo xtask test`       formatting, lints and the whole test suite
 //! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
+//! - `cargo xtask chaos`      the fault-injection suite in full (kills,
+//!   races, hostile input); its counts go to BENCHMARKS.md
 //! - `cargo xtask setup`      fetch what the stages need at run time (the
 //!   ONNX Runtime library, the training venv) from the package registries
 //! - `cargo xtask fetch-model NAME`  fetch, verify and cut a model
@@ -14,6 +16,7 @@
 mod bench;
 mod bench_features;
 mod bench_finetune;
+mod chaos;
 mod fetch_model;
 mod inspect_model;
 mod pipeline;
@@ -46,6 +49,8 @@ enum Command {
     },
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench(bench::Args),
+    /// The fault-injection suite in full: kills, races, hostile specs and folders; counts to BENCHMARKS.md.
+    Chaos(chaos::Args),
     /// Fetch, verify and cut a model into the cache (a name in data-specs/models, or a spec path).
     FetchModel { name: String },
     /// List an ONNX file's inputs, outputs, node outputs (op, inferred shape) and initializers, marking likely conv-base cut points.
@@ -79,6 +84,7 @@ fn main() -> Result<()> {
         Command::InspectModel(args) => inspect_model::run(&args, &invoked_from),
         Command::Test { rest } => test(&rest),
         Command::Bench(args) => bench::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
         Command::DemoData { out, per_class, width, height, seed, no_broken } => {
             let opts = demo::DemoOptions { per_class, width, height, seed, broken_files: !no_broken };
             let made = demo::generate(&out, &opts)?;
