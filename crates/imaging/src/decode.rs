@@ -17,8 +17,11 @@ pub enum Failure {
     NotAnImage,
     /// An image format, but broken or cut off.
     Corrupt,
-    /// Declares more pixels than allowed.
+    /// Declares more pixels (or holds more bytes) than allowed.
     TooLarge,
+    /// Not a regular file: a folder, FIFO, socket or device (also through a
+    /// symlink), which reading could block on or never finish.
+    NotAFile,
 }
 
 /// A decoded image, upright, at its stored size.
@@ -34,21 +37,118 @@ pub type DecodeError = (Failure, String);
 const SUPPORTED: [ImageFormat; 6] =
     [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Tiff];
 
-/// Decodes `bytes`, applies EXIF orientation, converts to RGB8 and resizes.
+/// Decodes `bytes`, applies EXIF orientation, converts to RGB8 and resizes
+/// ([`resize_to_stored`]).
 pub fn decode(bytes: &[u8], max_pixels: u64, size: StoredSize, filter: ResizeFilter) -> Result<Decoded, DecodeError> {
     let img = decode_upright(bytes, max_pixels)?;
     let original = (img.width(), img.height());
-    let stored = resize_to_stored(img, size, filter);
+    let stored = resize_to_stored(img, size, filter, max_pixels)?;
     Ok(Decoded { original, stored })
 }
 
 /// Resizes an upright image to the size ingestion stores it at
-/// ([`StoredSize::target`] of its size) with `filter`: the step between
-/// [`decode_upright`] and the stored pixels. Readers of an exported model
-/// apply it to new images so that they match the training images.
-pub fn resize_to_stored(img: RgbImage, size: StoredSize, filter: ResizeFilter) -> RgbImage {
-    let target = size.target(img.width(), img.height());
-    resize(img, target, filter)
+/// ([`StoredSize::target`] of its size: never enlarged) with `filter`: the
+/// step between [`decode_upright`] and the stored pixels. Readers of an
+/// exported model apply it to new images so that they match the training
+/// images. Refuses (as [`Failure::TooLarge`]) what [`check_stored_size`]
+/// refuses.
+pub fn resize_to_stored(
+    img: RgbImage,
+    size: StoredSize,
+    filter: ResizeFilter,
+    max_pixels: u64,
+) -> Result<RgbImage, DecodeError> {
+    let target = check_stored_size(img.dimensions(), size, max_pixels)?;
+    Ok(resize(img, target, filter))
+}
+
+/// The stored size of an upright `width`x`height` image, or why it is
+/// refused: more than `max_pixels` stored pixels, or, under
+/// `ShorterSide(side)`, an aspect ratio so extreme that the image at the
+/// spec's shorter side would exceed `max_pixels` (a 1x100000 strip under
+/// `ShorterSide(256)` would be 256x25,600,000), that is a ratio long/short
+/// over `max_pixels / side²`. Storing never enlarges, but readers resize
+/// stored pixels to a network's shorter side, so such a strip would become
+/// that large later. (When `side²` alone exceeds `max_pixels`, shapes are
+/// not judged.) Arithmetic in saturating u64.
+pub fn check_stored_size(
+    (width, height): (u32, u32),
+    size: StoredSize,
+    max_pixels: u64,
+) -> Result<(u32, u32), DecodeError> {
+    let (w, h) = size.target(width, height);
+    let stored = u64::from(w) * u64::from(h);
+    if stored > max_pixels {
+        return Err((
+            Failure::TooLarge,
+            format!(
+                "image too large: stored size {w}x{h} = {stored} pixels is over the limit of {max_pixels} (max_pixels)"
+            ),
+        ));
+    }
+    if let StoredSize::ShorterSide(side) = size {
+        let (short, long) = (u64::from(width.min(height).max(1)), u64::from(width.max(height)));
+        let side = u64::from(side);
+        let long_at_side = side.saturating_mul(long) / short;
+        let pixels = side.saturating_mul(long_at_side);
+        // Only the shape is judged here: when even a square at the spec's
+        // side is over the limit, the limit is about originals, not shapes.
+        if side.saturating_mul(side) <= max_pixels && pixels > max_pixels {
+            return Err((
+                Failure::TooLarge,
+                format!(
+                    "image too large: {width}x{height} is too elongated: at the shorter side of {side} it would be \
+                     {side}x{long_at_side} = {pixels} pixels, over the limit of {max_pixels} (max_pixels)"
+                ),
+            ));
+        }
+    }
+    Ok((w, h))
+}
+
+/// The largest image file read for a pixel limit: 8 bytes a pixel (16-bit
+/// RGBA, the widest uncompressed layout the formats here store) plus 1 MiB
+/// of headers and metadata. A larger file cannot be a valid image within
+/// the limit, and reading it would cost memory for nothing.
+pub fn max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).saturating_add(1 << 20)
+}
+
+/// Whether a file, as described by its metadata after following symlinks
+/// (`std::fs::metadata`), may be read as an image: a regular file of at
+/// most `max_bytes` bytes. Checked before opening: opening a FIFO blocks,
+/// and a device such as `/dev/zero` never ends. Pure: the caller stats.
+pub fn check_file(meta: &std::fs::Metadata, max_bytes: u64) -> Result<(), DecodeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a folder")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("a special file")
+    };
+    if let Some(what) = what {
+        return Err((Failure::NotAFile, format!("not a regular file: {what}; not read")));
+    }
+    if meta.len() > max_bytes {
+        return Err((
+            Failure::TooLarge,
+            format!(
+                "file too large: {} bytes, over the limit of {max_bytes} bytes for max_pixels; not read",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Decodes to upright RGB8 at the original size.
@@ -71,7 +171,12 @@ pub fn decode_upright(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeE
     let mut limits = image::Limits::no_limits();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
     reader.limits(limits);
-    let corrupt = |e: image::ImageError| (Failure::Corrupt, format!("corrupt or truncated {name}: {e}"));
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(limit) => {
+            (Failure::TooLarge, format!("image too large: decoding {name} would exceed the memory limit: {limit}"))
+        }
+        e => (Failure::Corrupt, format!("corrupt or truncated {name}: {e}")),
+    };
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;

@@ -8,7 +8,10 @@
 pub mod decode;
 pub mod preprocess;
 
-pub use decode::{decode, decode_upright, resize, resize_to_stored, DecodeError, Decoded, Failure};
+pub use decode::{
+    check_file, check_stored_size, decode, decode_upright, max_file_bytes, resize, resize_to_stored, DecodeError,
+    Decoded, Failure,
+};
 
 /// File extensions treated as images; everything else is ignored (counted).
 pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif"];

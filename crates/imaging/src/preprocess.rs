@@ -64,12 +64,13 @@ pub fn batch_shape(input: &InputSpec, batch: usize) -> [usize; 4] {
 /// Size after torchvision's `Resize(side)`: the shorter side becomes `side`,
 /// the longer one `floor(side × long / short)`.
 pub fn shorter_side_size((width, height): (u32, u32), side: u32) -> (u32, u32) {
-    let (w, h) = (width.max(1) as u64, height.max(1) as u64);
-    let side = side as u64;
+    let (w, h) = (u64::from(width.max(1)), u64::from(height.max(1)));
+    // In u64, saturating at u32::MAX rather than wrapping.
+    let long = |long: u64, short: u64| u32::try_from((u64::from(side) * long / short).max(1)).unwrap_or(u32::MAX);
     if w <= h {
-        (side as u32, ((side * h / w).max(1)) as u32)
+        (side, long(h, w))
     } else {
-        (((side * w / h).max(1)) as u32, side as u32)
+        (long(w, h), side)
     }
 }
 

@@ -52,6 +52,35 @@ fn relative(base: &Path, path: &Path) -> String {
     rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
+/// Why a path named by a folder listing cannot be used: a dangling symlink,
+/// a symlink loop, or another read error (`error` from following it).
+pub(crate) fn io_reject(rel: String, path: &Path, error: &std::io::Error) -> Reject {
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && error.kind() == std::io::ErrorKind::NotFound {
+        let target = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+        return Reject::new(
+            rel,
+            RejectKind::DanglingLink,
+            format!("dangling symlink: its target {target} does not exist"),
+        );
+    }
+    // ELOOP: too many levels of symbolic links (Linux's errno 40).
+    if error.raw_os_error() == Some(40) {
+        return Reject::new(rel, RejectKind::SymlinkLoop, format!("symlink loop: {error}"));
+    }
+    Reject::new(rel, RejectKind::Unreadable, format!("cannot read: {error}"))
+}
+
+fn non_utf8(rel: String, what: &str) -> Reject {
+    Reject::new(
+        rel,
+        RejectKind::NonUtf8Name,
+        format!(
+            "{what} name is not valid UTF-8 (shown here with U+FFFD for the bytes that are not); rename it to use it"
+        ),
+    )
+}
+
 fn discover_folder(root: &Path, include_hidden: bool) -> Result<Discovery, IngestError> {
     if !root.exists() {
         return Err(IngestError::RootMissing(root.to_path_buf()));
@@ -67,13 +96,16 @@ fn discover_folder(root: &Path, include_hidden: bool) -> Result<Discovery, Inges
         if !include_hidden && is_hidden(&entry.file_name()) {
             continue;
         }
+        let rel = relative(root, &entry.path());
         // `metadata` follows symlinks, so a linked class folder counts.
         match fs::metadata(entry.path()) {
-            Ok(m) if m.is_dir() => class_dirs.push(entry.file_name().to_string_lossy().into_owned()),
+            Ok(m) if m.is_dir() => match entry.file_name().to_str() {
+                Some(name) => class_dirs.push(name.to_owned()),
+                // A class label is the folder's name: it must be text.
+                None => out.rejects.push(non_utf8(rel, "class folder")),
+            },
             Ok(_) => out.ignored += 1, // loose files at the top level are not labelled
-            Err(e) => {
-                out.rejects.push(Reject::new(relative(root, &entry.path()), RejectKind::Unreadable, e.to_string()))
-            }
+            Err(e) => out.rejects.push(io_reject(rel, &entry.path(), &e)),
         }
     }
     class_dirs.sort();
@@ -83,30 +115,44 @@ fn discover_folder(root: &Path, include_hidden: bool) -> Result<Discovery, Inges
     for (label_index, class) in class_dirs.iter().enumerate() {
         let class_root = root.join(class);
         let before = out.candidates.len();
-        let walker = WalkDir::new(&class_root)
+        let mut walker = WalkDir::new(&class_root)
             .follow_links(true)
             .sort_by_file_name()
             .into_iter()
             .filter_entry(|e| include_hidden || e.depth() == 0 || !is_hidden(e.file_name()));
-        for entry in walker {
-            match entry {
-                Ok(e) if e.file_type().is_dir() => {}
-                Ok(e) if has_image_extension(e.path()) => out.candidates.push(Candidate {
-                    abs: e.path().to_path_buf(),
-                    rel: relative(root, e.path()),
-                    label_index: label_index as u32,
-                }),
-                Ok(_) => out.ignored += 1,
+        while let Some(entry) = walker.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(err) => {
-                    let path = err.path().map(|p| relative(root, p)).unwrap_or_else(|| class.clone());
-                    let reason = match err.loop_ancestor() {
-                        Some(ancestor) => format!("symlink loop: points back to its ancestor {}", ancestor.display()),
-                        None => err.to_string(),
-                    };
-                    let kind =
-                        if err.loop_ancestor().is_some() { RejectKind::SymlinkLoop } else { RejectKind::Unreadable };
-                    out.rejects.push(Reject::new(path, kind, reason));
+                    let path = err.path().map(Path::to_path_buf).unwrap_or_else(|| class_root.clone());
+                    let rel = relative(root, &path);
+                    out.rejects.push(match (err.loop_ancestor(), err.io_error()) {
+                        (Some(ancestor), _) => Reject::new(
+                            rel,
+                            RejectKind::SymlinkLoop,
+                            format!("symlink loop: points back to its ancestor {}", ancestor.display()),
+                        ),
+                        (None, Some(io)) => io_reject(rel, &path, io),
+                        (None, None) => Reject::new(rel, RejectKind::Unreadable, err.to_string()),
+                    });
+                    continue;
                 }
+            };
+            // Paths are recorded as text in the dataset: a name that is not
+            // UTF-8 would be recorded as a different path, so it is refused.
+            let utf8 = entry.path().strip_prefix(root).is_ok_and(|rel| rel.to_str().is_some());
+            let rel = relative(root, entry.path());
+            match (entry.file_type().is_dir(), has_image_extension(entry.path()), utf8) {
+                (true, _, true) => {} // walked into
+                (true, _, false) => {
+                    walker.skip_current_dir();
+                    out.rejects.push(non_utf8(rel, "folder"));
+                }
+                (false, true, true) => {
+                    out.candidates.push(Candidate { abs: entry.into_path(), rel, label_index: label_index as u32 })
+                }
+                (false, true, false) => out.rejects.push(non_utf8(rel, "file")),
+                (false, false, _) => out.ignored += 1,
             }
         }
         if out.candidates.len() == before {

@@ -8,9 +8,10 @@
 //! 2. in chunks, decode + orient + resize in parallel (rayon), then append
 //!    the rows, in order, to one Parquet shard series per split.
 //!
-//! Output goes to a temporary folder renamed into place at the end, so an
+//! Output goes to this process's staging folder, synced and renamed into
+//! place at the end, under an exclusive lock per output folder, so an
 //! interrupted run leaves the previous dataset (or nothing) behind, never a
-//! half-written one. Bad files never stop the run: they are listed in
+//! half-written one, and two runs to one output take turns. Bad files never stop the run: they are listed in
 //! `rejects.csv` with a reason.
 
 mod discover;
@@ -39,6 +40,14 @@ pub enum RejectKind {
     EmptyFile,
     Unreadable,
     SymlinkLoop,
+    /// A symlink whose target does not exist.
+    DanglingLink,
+    /// A FIFO, socket, device or folder named like an image (also through a
+    /// symlink, such as a link to `/dev/zero`): never opened.
+    NotAFile,
+    /// A file or folder name that is not valid UTF-8: the dataset records
+    /// paths as text, so it would record a different path.
+    NonUtf8Name,
     NotAnImage,
     Corrupt,
     TooLarge,
@@ -55,11 +64,17 @@ impl From<imaging::Failure> for RejectKind {
             imaging::Failure::NotAnImage => RejectKind::NotAnImage,
             imaging::Failure::Corrupt => RejectKind::Corrupt,
             imaging::Failure::TooLarge => RejectKind::TooLarge,
+            imaging::Failure::NotAFile => RejectKind::NotAFile,
         }
     }
 }
 
 impl RejectKind {
+    /// The kind as `rejects.csv` writes it (`too-large`, `symlink-loop`, …).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
     /// Duplicates are expected housekeeping; everything else means a file
     /// the user gave us was not used (what `--strict` fails on).
     pub fn is_loss(self) -> bool {
@@ -104,6 +119,9 @@ pub enum IngestError {
     /// Not a source: the message says it all, so a chain prints it once.
     #[error("invalid dataset spec: {0}")]
     Spec(spec::SpecError),
+    /// A spec file that does not parse or validate: the message names it.
+    #[error(transparent)]
+    SpecFile(#[from] spec::FileError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -114,6 +132,10 @@ pub enum IngestError {
     Dataset(#[from] dataset::DatasetError),
     #[error(transparent)]
     Contract(#[from] contracts::ContractError),
+    #[error(transparent)]
+    Lock(#[from] atomic_file::LockError),
+    #[error(transparent)]
+    Publish(#[from] atomic_file::WriteError),
 }
 
 impl IngestError {
@@ -156,6 +178,13 @@ impl IngestSummary {
 }
 
 /// Builds the dataset described by `spec` into `out_dir` (replaced whole).
+///
+/// Relative paths in `spec` are taken from the working folder; a spec read
+/// from a file should come through [`source::read_spec`], which makes them
+/// relative to the file. Two runs to one `out_dir` take turns: each holds
+/// an exclusive lock on [`lock_path`] (the second says it waits), builds in
+/// its own staging folder (`atomic_file::partial_path`) and publishes it
+/// whole; staging folders left by killed runs are removed first.
 pub fn ingest(
     spec: &DatasetSpec,
     out_dir: &Path,
@@ -164,17 +193,24 @@ pub fn ingest(
 ) -> Result<IngestSummary, IngestError> {
     spec.validate().map_err(IngestError::Spec)?;
     let spec = resolve(spec)?;
+    let out_dir = &std::path::absolute(out_dir).map_err(|e| IngestError::io(out_dir, e))?;
+    if let Some(parent) = out_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| IngestError::io(parent, e))?;
+    }
+    let _lock = atomic_file::Lock::exclusive(&lock_path(out_dir), &format!("the dataset {}", out_dir.display()))?;
+    remove_stale_staging(out_dir);
     let mut found = discover::discover(&spec.source, spec.include_hidden)?;
     let mut rejects = std::mem::take(&mut found.rejects);
 
     // Pass 1: content ids, so duplicates and label conflicts are known
     // before anything is written.
-    let hashed = hash_candidates(&found.candidates, &mut rejects, progress);
+    let hashed = hash_candidates(&found.candidates, spec.max_pixels, &mut rejects, progress);
     let kept = drop_duplicates(hashed, &found.classes, &mut rejects);
 
-    // Pass 2: decode and write, into a temporary folder.
+    // Pass 2: decode and write, into this process's staging folder.
     let partial = fresh_partial_dir(out_dir)?;
-    let spec_json = serde_json::to_string(&spec).expect("specs serialise");
+    let spec_json =
+        serde_json::to_string(&spec).map_err(|e| IngestError::Spec(spec::SpecError::Invalid(e.to_string())))?;
     let limits = Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
     let mut writer = DatasetWriter::new(&partial, found.classes.clone(), spec_json, limits);
     rejects.extend(decode_and_write(&kept, &spec, &mut writer, opts.chunk_size.max(1), progress)?);
@@ -188,10 +224,17 @@ pub fn ingest(
     Ok(IngestSummary { info, rejects, out_dir: out_dir.to_path_buf() })
 }
 
+/// The lock file two ingest runs to `out_dir` take turns on: the hidden
+/// sibling `.<name>.lock`, never deleted (see `atomic_file::Lock`).
+pub fn lock_path(out_dir: &Path) -> PathBuf {
+    sibling(out_dir, "lock")
+}
+
 /// Reads and hashes every candidate in parallel; returns those that read,
 /// with their content ids, in candidate order. The others go to `rejects`.
 fn hash_candidates<'a>(
     candidates: &'a [Candidate],
+    max_pixels: u64,
     rejects: &mut Vec<Reject>,
     progress: &dyn Progress,
 ) -> Vec<(&'a Candidate, String)> {
@@ -199,7 +242,7 @@ fn hash_candidates<'a>(
     let hashed: Vec<Result<String, Reject>> = candidates
         .par_iter()
         .map(|c| {
-            let id = read_file(c).map(|bytes| spec::sha256_hex(&bytes));
+            let id = read_file(c, max_pixels).map(|bytes| spec::sha256_hex(&bytes));
             progress.advance(1);
             id
         })
@@ -215,15 +258,50 @@ fn hash_candidates<'a>(
     kept
 }
 
-/// The temporary folder the dataset is built in, emptied of any leftover
-/// from an interrupted run.
+/// This process's staging folder for `out_dir` (`.<name>.<pid>.partial`),
+/// emptied of any leftover from an earlier process with the same id.
 fn fresh_partial_dir(out_dir: &Path) -> Result<PathBuf, IngestError> {
-    let partial = partial_dir(out_dir);
+    let partial = atomic_file::partial_path(out_dir);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| IngestError::io(&partial, e))?;
     }
     std::fs::create_dir_all(&partial).map_err(|e| IngestError::io(&partial, e))?;
     Ok(partial)
+}
+
+/// Removes what killed runs left beside `out_dir`: staging folders and
+/// replaced datasets (`.<name>.<pid>.partial`, `.<name>.old.<pid>.partial`)
+/// and the fixed-name `.<name>.partial` / `.<name>.old` folders of earlier
+/// versions. Only for the lock holder: no other process writes these then.
+/// Best effort: what cannot be removed stays, and is tried again next run.
+fn remove_stale_staging(out_dir: &Path) {
+    let (Some(parent), Some(name)) = (out_dir.parent(), out_dir.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let own = std::process::id();
+    let legacy = [format!(".{name}.partial"), format!(".{name}.old")];
+    for entry in entries.flatten() {
+        let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        // `<pid>` or `old.<pid>` between `.<name>.` and `.partial`, nothing
+        // else: `.<name>.v2.<pid>.partial` belongs to another output.
+        let ours = file_name
+            .strip_prefix(&format!(".{name}."))
+            .and_then(|rest| rest.strip_suffix(".partial"))
+            .map(|middle| middle.strip_prefix("old.").unwrap_or(middle))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid != own);
+        if ours || legacy.contains(&file_name) {
+            let path = entry.path();
+            let removed = match entry.file_type() {
+                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+            if removed.is_ok() {
+                eprintln!("removed {} (left by an interrupted ingest run)", path.display());
+            }
+        }
+    }
 }
 
 /// Decodes the kept files, `chunk_size` at a time in parallel, and pushes
@@ -312,16 +390,37 @@ fn resolve(spec: &DatasetSpec) -> Result<DatasetSpec, IngestError> {
     Ok(spec)
 }
 
-fn read_file(c: &Candidate) -> Result<Vec<u8>, Reject> {
-    match std::fs::read(&c.abs) {
-        Ok(bytes) if bytes.is_empty() => Err(Reject::new(c.rel.clone(), RejectKind::EmptyFile, "empty file (0 bytes)")),
-        Ok(bytes) => Ok(bytes),
-        Err(e) => Err(Reject::new(c.rel.clone(), RejectKind::Unreadable, format!("cannot read: {e}"))),
+/// Reads a candidate's bytes, after checking, before opening, that it is a
+/// regular file (after following symlinks) within the byte limit for
+/// `max_pixels` (`imaging::check_file`): FIFOs, sockets, devices (a link to
+/// `/dev/zero`), dangling links and loops are rejects by name, never read.
+/// The read is bounded too, in case the file is swapped or grows after the
+/// check.
+pub(crate) fn read_file(c: &Candidate, max_pixels: u64) -> Result<Vec<u8>, Reject> {
+    use std::io::Read;
+    let max_bytes = imaging::max_file_bytes(max_pixels);
+    let refused = |(failure, reason): imaging::DecodeError| Reject::new(c.rel.clone(), failure.into(), reason);
+    let meta = std::fs::metadata(&c.abs).map_err(|e| discover::io_reject(c.rel.clone(), &c.abs, &e))?;
+    imaging::check_file(&meta, max_bytes).map_err(refused)?;
+    let unreadable =
+        |e: std::io::Error| Reject::new(c.rel.clone(), RejectKind::Unreadable, format!("cannot read: {e}"));
+    let file = std::fs::File::open(&c.abs).map_err(unreadable)?;
+    let opened = file.metadata().map_err(unreadable)?;
+    imaging::check_file(&opened, max_bytes).map_err(refused)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(opened.len()).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(unreadable)?;
+    if bytes.len() as u64 > max_bytes {
+        let reason = format!("file too large: grew past {max_bytes} bytes while being read; not used");
+        return Err(Reject::new(c.rel.clone(), RejectKind::TooLarge, reason));
     }
+    if bytes.is_empty() {
+        return Err(Reject::new(c.rel.clone(), RejectKind::EmptyFile, "empty file (0 bytes)"));
+    }
+    Ok(bytes)
 }
 
 fn decode_row(c: &Candidate, content_id: &str, spec: &DatasetSpec) -> Result<Row, Reject> {
-    let bytes = read_file(c)?;
+    let bytes = read_file(c, spec.max_pixels)?;
     if spec::sha256_hex(&bytes) != content_id {
         return Err(Reject::new(c.rel.clone(), RejectKind::Unreadable, "file changed while being ingested"));
     }
@@ -410,15 +509,10 @@ fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<(), IngestError> {
     let mut w = csv::Writer::from_path(path).map_err(|e| IngestError::io(path, e.into()))?;
     w.write_record(["path", "kind", "reason"]).map_err(|e| IngestError::io(path, e.into()))?;
     for r in rejects {
-        let kind = serde_json::to_value(r.kind).expect("kind serialises");
-        w.write_record([r.path.as_str(), kind.as_str().unwrap_or(""), r.reason.as_str()])
+        w.write_record([r.path.as_str(), r.kind.name().as_str(), r.reason.as_str()])
             .map_err(|e| IngestError::io(path, e.into()))?;
     }
     w.flush().map_err(|e| IngestError::io(path, e))
-}
-
-fn partial_dir(out_dir: &Path) -> PathBuf {
-    sibling(out_dir, "partial")
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -426,18 +520,30 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{suffix}"))
 }
 
-/// Moves the finished `partial` folder to `out_dir`, replacing what was there.
+/// Publishes the finished `partial` folder as `out_dir`, replacing what was
+/// there: synced, then renamed into place (`atomic_file::publish_dir`). An
+/// existing non-empty output is first renamed aside to
+/// `.<name>.old.<pid>.partial` and removed after; a crash in between leaves
+/// it for the next run's cleanup, never a half-written dataset.
 fn replace_dir(partial: &Path, out_dir: &Path) -> Result<(), IngestError> {
-    if out_dir.exists() {
-        let old = sibling(out_dir, "old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| IngestError::io(&old, e))?;
-        }
-        std::fs::rename(out_dir, &old).map_err(|e| IngestError::io(out_dir, e))?;
-        std::fs::rename(partial, out_dir).map_err(|e| IngestError::io(out_dir, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| IngestError::io(&old, e))?;
-    } else {
-        std::fs::rename(partial, out_dir).map_err(|e| IngestError::io(out_dir, e))?;
+    let empty_folder = std::fs::read_dir(out_dir).is_ok_and(|mut entries| entries.next().is_none());
+    let exists = std::fs::symlink_metadata(out_dir).is_ok();
+    if !exists || empty_folder {
+        atomic_file::publish_dir(partial, out_dir)?;
+        return Ok(());
     }
-    Ok(())
+    let old = atomic_file::partial_path(&sibling_name(out_dir, "old"));
+    atomic_file::rename(out_dir, &old)?;
+    atomic_file::publish_dir(partial, out_dir)?;
+    let removed = match std::fs::symlink_metadata(&old) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&old),
+        _ => std::fs::remove_file(&old),
+    };
+    removed.map_err(|e| IngestError::io(&old, e))
+}
+
+/// `out_dir`'s sibling `<name>.<suffix>` (not hidden; for `partial_path`).
+fn sibling_name(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use ingest::{IngestOptions, Split};
 use spec::{DatasetSource, DatasetSpec, ResizeFilter, SplitRatios, StoredSize};
@@ -80,22 +80,20 @@ fn parse_ratios(s: &str) -> Result<SplitRatios, String> {
 }
 
 fn build_spec(args: &Args) -> Result<DatasetSpec> {
-    let mut spec = match (&args.spec, &args.root, &args.manifest) {
-        (Some(path), _, _) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let mut spec = DatasetSpec::from_toml(&text).map_err(|e| e.in_file("dataset spec", path))?;
-            // Paths in a spec are relative to the spec file.
-            let base = path.parent().unwrap_or(std::path::Path::new("."));
-            spec.source = match spec.source {
-                DatasetSource::Root(p) => DatasetSource::Root(base.join(p).to_string_lossy().into_owned()),
-                DatasetSource::Manifest(p) => DatasetSource::Manifest(base.join(p).to_string_lossy().into_owned()),
-            };
-            spec
+    // Paths are recorded as text: a non-UTF-8 one is refused, not changed.
+    let utf8 = |path: &PathBuf, flag: &str| -> Result<String> {
+        match path.to_str() {
+            Some(text) => Ok(text.to_owned()),
+            None => bail!("{flag} {}: the path is not valid UTF-8; rename it or link to it", path.display()),
         }
-        (None, Some(root), _) => DatasetSpec::for_root(root.to_string_lossy()),
+    };
+    let mut spec = match (&args.spec, &args.root, &args.manifest) {
+        // Paths in a spec are relative to the spec file.
+        (Some(path), _, _) => ingest::source::read_spec(path)?,
+        (None, Some(root), _) => DatasetSpec::for_root(utf8(root, "--root")?),
         (None, None, Some(manifest)) => {
             let mut spec = DatasetSpec::for_root("");
-            spec.source = DatasetSource::Manifest(manifest.to_string_lossy().into_owned());
+            spec.source = DatasetSource::Manifest(utf8(manifest, "--manifest")?);
             spec
         }
         (None, None, None) => bail!("give --root DIR, --manifest CSV or --spec FILE.toml"),

@@ -79,25 +79,63 @@ pub fn demo_images(parent: &Path, demo: &DemoImages) -> Result<PathBuf, IngestEr
     }
 }
 
+/// Reads a dataset spec file (TOML), with its relative `root` or
+/// `manifest` made relative to the spec file's folder, not to the working
+/// folder: `data-specs/datasets/demo.toml` saying `root = "../../runs/x"`
+/// means the same folder from wherever it is used. Ingest (`--spec`) and
+/// the conductor (before [`content_digest`]) both read specs through this.
+pub fn read_spec(path: &Path) -> Result<DatasetSpec, IngestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
+    let spec = DatasetSpec::from_toml(&text).map_err(|e| e.in_file("dataset spec", path))?;
+    Ok(relative_to(spec, path))
+}
+
+/// `spec` with a relative source path joined to the folder of the spec
+/// file at `spec_path`. Absolute paths stay as they are.
+pub fn relative_to(mut spec: DatasetSpec, spec_path: &Path) -> DatasetSpec {
+    let base = spec_path.parent().unwrap_or(Path::new(""));
+    let join = |p: String| -> String {
+        if Path::new(&p).is_absolute() || base.as_os_str().is_empty() {
+            p
+        } else {
+            // `base` came from a UTF-8 path only if the spec path is one; a
+            // non-UTF-8 folder would change here, so it keeps the path
+            // relative to the working folder instead of a different one.
+            match base.join(&p).to_str() {
+                Some(joined) => joined.to_owned(),
+                None => p,
+            }
+        }
+    };
+    spec.source = match spec.source {
+        DatasetSource::Root(p) => DatasetSource::Root(join(p)),
+        DatasetSource::Manifest(p) => DatasetSource::Manifest(join(p)),
+    };
+    spec
+}
+
 /// A digest of everything ingesting `spec` would read: the files its
-/// discovery lists (same hidden-file and extension rules, same order), each
-/// as its path relative to the root and the SHA-256 of its bytes, and a
-/// manifest's own bytes. Content, not timestamps: touching a file changes
-/// nothing, editing, adding or removing one does. A file that cannot be read
-/// counts as unreadable (ingest rejects it), not as an error.
+/// discovery lists (same hidden-file, extension, symlink and UTF-8 rules,
+/// same order), each as its path relative to the root and the SHA-256 of
+/// its bytes, and a manifest's own bytes. Files are read exactly as ingest
+/// reads them (special files, dangling links, loops and oversized files are
+/// never opened): a file ingest would reject counts as its reject kind, not
+/// as an error, and so do discovery's rejects. Content, not timestamps:
+/// touching a file changes nothing, editing, adding or removing one does.
 pub fn content_digest(spec: &DatasetSpec) -> Result<String, IngestError> {
     let found = discover::discover(&spec.source, spec.include_hidden)?;
-    let mut lines = Vec::with_capacity(found.candidates.len() + 1);
+    let mut lines = Vec::with_capacity(found.candidates.len() + found.rejects.len() + 1);
     if let DatasetSource::Manifest(manifest) = &spec.source {
         // The manifest holds the labels.
         let path = Path::new(manifest);
         let bytes = std::fs::read(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
         lines.push(format!("manifest\t{}", spec::sha256_hex(&bytes)));
     }
-    lines.par_extend(found.candidates.par_iter().map(|c| match std::fs::read(&c.abs) {
+    lines.par_extend(found.candidates.par_iter().map(|c| match crate::read_file(c, spec.max_pixels) {
         Ok(bytes) => format!("{}\t{}", c.rel, spec::sha256_hex(&bytes)),
-        Err(e) => format!("{}\tunreadable: {:?}", c.rel, e.kind()),
+        Err(reject) => format!("{}\t{}", c.rel, reject.kind.name()),
     }));
+    lines.extend(found.rejects.iter().map(|r| format!("{}\t{}", r.path, r.kind.name())));
     Ok(spec::sha256_hex(lines.join("\n").as_bytes()))
 }
 

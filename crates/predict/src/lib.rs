@@ -5,7 +5,8 @@
 //! 1. [`imaging::decode_upright`]: decode, apply the EXIF orientation, RGB8;
 //! 2. [`imaging::resize_to_stored`]: the stored size and filter ingestion
 //!    used (the model's [`spec::META_STORED`] metadata; skipped when the
-//!    model does not carry it);
+//!    model does not carry it), with ingestion's bounds: never enlarged,
+//!    too-elongated images refused;
 //! 3. [`imaging::preprocess::preprocess_into`]: the model's resize, crop,
 //!    channel order, normalisation and layout (its `preprocess` and `input`
 //!    metadata).
@@ -140,8 +141,29 @@ pub fn preprocess_file(path: &Path, metadata: &InferenceMetadata) -> Result<Vec<
 }
 
 fn preprocess_path(path: &Path, metadata: &InferenceMetadata, max_pixels: u64) -> Result<Vec<f32>, ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError::new(path, format!("cannot read: {e}")))?;
+    let bytes = read_image_file(path, imaging::max_file_bytes(max_pixels))?;
     preprocess_bytes(&bytes, metadata, max_pixels).map_err(|reason| ImageError::new(path, reason))
+}
+
+/// Reads an image file after checking, before opening it, that it is a
+/// regular file (after following symlinks) of at most `max_bytes` bytes
+/// ([`imaging::check_file`]): a FIFO, socket, device or `/dev/zero` link
+/// is refused by name instead of blocking or filling memory. The read is
+/// bounded too, in case the file grows or is swapped after the check.
+fn read_image_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| ImageError::new(path, format!("cannot read: {e}"));
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    imaging::check_file(&meta, max_bytes).map_err(|(_, reason)| ImageError::new(path, reason))?;
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let opened = file.metadata().map_err(cannot)?;
+    imaging::check_file(&opened, max_bytes).map_err(|(_, reason)| ImageError::new(path, reason))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(opened.len()).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ImageError::new(path, format!("file too large: grew past {max_bytes} bytes while being read")));
+    }
+    Ok(bytes)
 }
 
 /// Encoded image bytes → the model's input values for one image
@@ -155,7 +177,9 @@ pub fn preprocess_bytes(bytes: &[u8], metadata: &InferenceMetadata, max_pixels: 
     }
     let upright = imaging::decode_upright(bytes, max_pixels).map_err(|(_, reason)| reason)?;
     let stored = match metadata.stored {
-        Some(stored) => imaging::resize_to_stored(upright, stored.size, stored.filter),
+        Some(stored) => {
+            imaging::resize_to_stored(upright, stored.size, stored.filter, max_pixels).map_err(|(_, reason)| reason)?
+        }
         None => upright,
     };
     let mut out = vec![0f32; imaging::preprocess::input_len(&metadata.input)];

@@ -89,13 +89,18 @@ fn png(img: &RgbImage) -> Vec<u8> {
     demo::encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Png)
 }
 
-/// The reference: stored size and filter, then the model's shorter side,
+/// The reference: stored size (never enlarged) and filter, then the model's shorter side,
 /// centre crop and normalisation, all by hand (only the resampling kernel is
 /// ingest's, at sizes computed here), then the naive evaluator.
 fn reference_probabilities(model: &onnx_graph::ModelProto, upright: &RgbImage, meta: &InferenceMetadata) -> Vec<f32> {
     let (w, h) = upright.dimensions();
     let round_div = |a: u32, b: u32| ((a as u64 * 48 + b as u64 / 2) / b as u64) as u32;
-    let stored_size = if w <= h { (48, round_div(h, w)) } else { (round_div(w, h), 48) };
+    // Never enlarged: an image whose shorter side is at most 48 is kept.
+    let stored_size = match (w.min(h) <= 48, w <= h) {
+        (true, _) => (w, h),
+        (false, true) => (48, round_div(h, w)),
+        (false, false) => (round_div(w, h), 48),
+    };
     let stored = imaging::resize(upright.clone(), stored_size, ResizeFilter::Lanczos3);
     let (sw, sh) = stored.dimensions();
     let model_size = if sw <= sh { (36, 36 * sh / sw) } else { (36 * sw / sh, 36) };
@@ -136,7 +141,8 @@ fn probabilities_match_an_independent_computation() {
     let meta = metadata(Some(STORED));
     let model_path = write_model(dir.path(), &meta.to_props());
     let model = onnx_graph::read_model(&model_path).unwrap();
-    // Landscape, portrait, already at the stored size, and tiny (upscaled).
+    // Landscape, portrait, already at the stored size, and tiny (kept at its
+    // own size, never enlarged).
     let sizes = [(80, 60), (45, 70), (48, 64), (20, 30)];
     let mut images = Vec::new();
     let mut paths = Vec::new();
@@ -465,4 +471,46 @@ fn unreadable_inputs_are_image_errors() {
     let bomb = dir.path().join("bomb.png");
     std::fs::write(&bomb, demo::png_bomb(100_000, 100_000)).unwrap();
     assert!(predict::preprocess_file(&bomb, &meta).unwrap_err().reason.contains("too large"));
+}
+
+#[test]
+fn special_files_are_refused_by_name_without_reading() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let meta = metadata(Some(STORED));
+    let zero = dir.path().join("zero.png");
+    symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.path().join("fifo.png");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let socket = dir.path().join("socket.png");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let dangling = dir.path().join("dangling.png");
+    symlink(dir.path().join("missing.png"), &dangling).unwrap();
+    for (path, words) in [
+        (&zero, "not a regular file: a character device"),
+        (&fifo, "not a regular file: a FIFO"),
+        (&socket, "not a regular file: a socket"),
+        (&dangling, "cannot read"),
+    ] {
+        let err = predict::preprocess_file(path, &meta).unwrap_err();
+        assert_eq!(err.path, *path);
+        assert!(err.reason.contains(words), "{}: {}", path.display(), err.reason);
+    }
+}
+
+#[test]
+fn new_images_are_bounded_like_training_images() {
+    let dir = tempfile::tempdir().unwrap();
+    // Smaller than the stored size (shorter side 48): not enlarged, so the
+    // input is what the model's own preprocessing makes of the original.
+    let small = dir.path().join("small.png");
+    std::fs::write(&small, png(&demo_image(1, (36, 44), 2))).unwrap();
+    let stored = predict::preprocess_file(&small, &metadata(Some(STORED))).unwrap();
+    let direct = predict::preprocess_file(&small, &metadata(None)).unwrap();
+    assert_eq!(stored, direct);
+    // A strip readers would enlarge past the pixel limit is refused.
+    let strip = dir.path().join("strip.png");
+    std::fs::write(&strip, png(&RgbImage::new(100_000, 1))).unwrap();
+    let err = predict::preprocess_file(&strip, &metadata(Some(STORED))).unwrap_err();
+    assert!(err.reason.contains("too elongated"), "{}", err.reason);
 }
