@@ -232,7 +232,8 @@ fn image_source(experiment: &Experiment, store: &Path) -> Result<ImageSource> {
     }
     let path = data.spec.as_ref().expect("validated: one source");
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let dataset_spec = spec::DatasetSpec::from_toml(&text).map_err(|e| e.in_file("dataset spec", path))?;
+    // Relative paths in the spec are relative to its file, as ingest reads them.
+    let dataset_spec = ingest::source::read_spec(path)?;
     let content = ingest::source::content_digest(&dataset_spec)
         .with_context(|| format!("listing the images of {}", path.display()))?;
     let digest = spec::fingerprint("pipeline-dataset-spec", &(&text, content)).0;
