@@ -62,16 +62,40 @@ impl Contract for RunRecord {
     const SCHEMA_VERSION: u32 = 1;
 }
 
-/// `.stage.json`: written by the conductor after a stage succeeded.
+/// `.stage.json`: written by the conductor after a stage succeeded, into
+/// the entry's staging folder, before the folder is published under its
+/// final name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageMarker {
     pub stage: String,
     pub fingerprint: String,
     pub seconds: f64,
     pub finished_at: String,
+    /// Every regular file of the entry but the marker, sorted by path: what
+    /// a skip checks is still there before trusting the entry.
+    pub outputs: Vec<OutputFile>,
 }
 
+/// One file a [`StageMarker`] vouches for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Relative to the entry, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the bytes, for files small enough to hash on every
+    /// skip ([`OutputFile::HASHED_BELOW`]); size only for larger ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl OutputFile {
+    /// Files below this many bytes are hashed.
+    pub const HASHED_BELOW: u64 = 1 << 20;
+}
+
+/// Version 2 lists the entry's files; a version-1 marker does not read, so
+/// its entry counts as incomplete and the stage runs again.
 impl Contract for StageMarker {
     const NAME: &'static str = ".stage.json";
-    const SCHEMA_VERSION: u32 = 1;
+    const SCHEMA_VERSION: u32 = 2;
 }

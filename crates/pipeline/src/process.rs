@@ -1,9 +1,15 @@
-//! Running a stage's binary with its output in a log.
+//! Running a stage's binary with its output in a log. The stage runs in
+//! its own process group and dies with the conductor: a parent-death signal
+//! covers the conductor being killed (SIGKILL included), and
+//! [`stop_stages_on_signal`] makes SIGINT and SIGTERM kill the running
+//! stage's group before the conductor exits.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::Stage;
@@ -62,13 +68,12 @@ pub(crate) fn run_logged(
     let mut file = std::fs::File::create(log).map_err(|source| Failure::Log { path: log.to_owned(), source })?;
     let _ = writeln!(file, "$ {}", command_line(program, args));
     let file = Arc::new(Mutex::new(file));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Failure::Start { program: program.to_owned(), source })?;
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    die_with_parent(&mut command);
+    let mut child = command.spawn().map_err(|source| Failure::Start { program: program.to_owned(), source })?;
+    let group = i32::try_from(child.id()).unwrap_or(0);
+    RUNNING_GROUP.store(group, Ordering::SeqCst);
     let pipes: Vec<Box<dyn std::io::Read + Send>> =
         vec![Box::new(child.stdout.take().expect("piped")), Box::new(child.stderr.take().expect("piped"))];
     let copiers: Vec<_> = pipes
@@ -87,7 +92,9 @@ pub(crate) fn run_logged(
             })
         })
         .collect();
-    let status = child.wait().map_err(|source| Failure::Wait { program: program.to_owned(), source })?;
+    let status = child.wait();
+    RUNNING_GROUP.store(0, Ordering::SeqCst);
+    let status = status.map_err(|source| Failure::Wait { program: program.to_owned(), source })?;
     for copier in copiers {
         let _ = copier.join();
     }
@@ -95,6 +102,61 @@ pub(crate) fn run_logged(
         (true, _) => Ok(()),
         (false, Some(code)) => Err(Failure::Exit(code)),
         (false, None) => Err(Failure::Killed(status)),
+    }
+}
+
+/// The process group of the stage running now (its pid), 0 when none.
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Asks the kernel to SIGKILL the child when the conductor dies, however it
+/// dies, so a stage never writes into the store after its conductor is gone.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: getpid before the fork; after it, the closure only makes
+    // async-signal-safe system calls (prctl, getppid) and allocates nothing.
+    let conductor = std::process::id();
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The conductor died before the signal was armed.
+            if u32::try_from(libc::getppid()).ok() != Some(conductor) {
+                return Err(std::io::Error::other("the conductor is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes SIGINT (Ctrl-C) and SIGTERM kill the running stage's process group
+/// and end the conductor with a message and exit code 128 + the signal.
+/// For the `pipeline` binary; a library caller keeps its own handlers.
+pub fn stop_stages_on_signal() {
+    extern "C" fn on_signal(signal: libc::c_int) {
+        let group = RUNNING_GROUP.load(Ordering::SeqCst);
+        let message: &[u8] = match signal {
+            libc::SIGINT => b"\npipeline: interrupted (SIGINT); the running stage was stopped\n",
+            _ => b"\npipeline: terminated (SIGTERM); the running stage was stopped\n",
+        };
+        // SAFETY: kill, write and _exit are async-signal-safe; the message
+        // is a static buffer.
+        #[allow(unsafe_code)]
+        unsafe {
+            if group > 0 {
+                libc::kill(-group, libc::SIGKILL);
+            }
+            libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+            libc::_exit(128 + signal);
+        }
+    }
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(signal, handler);
+        }
     }
 }
 

@@ -51,6 +51,12 @@ impl Stage {
         }
     }
 
+    /// Whether a failed or killed run of the stage continues from what it
+    /// left (fine-tuning resumes from its last completed epoch).
+    pub fn resumes(self) -> bool {
+        self == Stage::Finetune
+    }
+
     /// `<stage>.log` in the run folder's `logs/`.
     pub fn log_file(self) -> String {
         format!("{}.log", self.name())
