@@ -20,7 +20,8 @@
 //! - Hostile folder: a FIFO, a link to /dev/zero, a link loop, a dangling
 //!   link, a non-UTF-8 name, a 100000x1 PNG and a PNG declaring 10^9 pixels
 //!   next to good images: ingest finishes within a minute, names each as a
-//!   reject with a reason, keeps the good images, and peaks under 500 MB.
+//!   reject with a reason, keeps the good images, and peaks under 500 MB;
+//!   the conductor runs the tiny model on the folder to the end.
 //!
 //! Every check is tried and each failure listed; then the test fails if any
 //! did. It prints one summary line; `CHAOS_REPORT=FILE` writes it as JSON.
@@ -882,10 +883,18 @@ fn hostile_folder_part(base: &Path, bin_dir: &Path) -> Tally {
         }
     };
     tally.hostile_files_tried = hostile.len();
+    ingest_hostile_folder(&dir, bin_dir, &hostile, &mut tally);
+    conduct_hostile_folder(&dir, bin_dir, &mut tally);
+    tally
+}
+
+/// Ingest on the folder: finishes, names each hostile file as a reject
+/// with a reason (or ingests it where that is fine), keeps the good ones.
+fn ingest_hostile_folder(dir: &Path, bin_dir: &Path, hostile: &[HostileFile], tally: &mut Tally) {
     let (stdout, stderr) = (dir.join("ingest.out"), dir.join("ingest.err"));
     let (Ok(out), Ok(err)) = (File::create(&stdout), File::create(&stderr)) else {
         tally.failures.push(format!("hostile folder: cannot write {}", stdout.display()));
-        return tally;
+        return;
     };
     let child = Command::new(bin_dir.join("ingest"))
         .current_dir(&dir)
@@ -902,11 +911,11 @@ fn hostile_folder_part(base: &Path, bin_dir: &Path) -> Tally {
         Ok(Some(finished)) => finished,
         Ok(None) => {
             tally.failures.push(format!("hostile folder: ingest did not finish in {INGEST_TIMEOUT:?}; killed"));
-            return tally;
+            return;
         }
         Err(e) => {
             tally.failures.push(format!("hostile folder: running ingest: {e}"));
-            return tally;
+            return;
         }
     };
     println!(
@@ -917,7 +926,7 @@ fn hostile_folder_part(base: &Path, bin_dir: &Path) -> Tally {
     );
     if !finished.status.success() {
         tally.failures.push(format!("hostile folder: ingest failed ({}): {}", finished.status, tail(&stderr, 4)));
-        return tally;
+        return;
     }
     if finished.max_rss_bytes > INGEST_PEAK_LIMIT {
         tally.failures.push(format!(
@@ -938,7 +947,7 @@ fn hostile_folder_part(base: &Path, bin_dir: &Path) -> Tally {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<usize>().ok());
     let mut expected = 10;
-    for file in &hostile {
+    for file in hostile {
         match reject_of(file.name) {
             Some(_) => tally.hostile_files_passed += 1,
             None if file.may_be_ingested => {
@@ -955,7 +964,40 @@ fn hostile_folder_part(base: &Path, bin_dir: &Path) -> Tally {
             "hostile folder: ingested {ingested:?} images, expected {expected} (the 10 good ones and the hostile ones not rejected)"
         ));
     }
-    tally
+}
+
+/// The conductor on the folder (its own folder digest lists it too): the
+/// run completes, the hostile files rejected, not fatal.
+fn conduct_hostile_folder(dir: &Path, bin_dir: &Path, tally: &mut Tally) {
+    tally.hostile_files_tried += 1;
+    let model = std::fs::read(Path::new(ROOT).join("data-specs/models/tiny-vgg.toml")).unwrap_or_default();
+    let written = std::fs::write(dir.join("experiment.toml"), EXPERIMENT)
+        .and_then(|()| std::fs::write(dir.join("model.toml"), model));
+    let (out, err) = (dir.join("pipeline.out"), dir.join("pipeline.err"));
+    let started = written.and_then(|()| {
+        // The user's own cache (ONNX Runtime, the generated model), unlike the hostile specs' sandbox.
+        let mut command = Command::new(bin_dir.join("pipeline"));
+        command
+            .args(["--experiment", "experiment.toml", "--data", "images", "--runs", "runs", "--features-cache"])
+            .args(["features", "--bin-dir"])
+            .arg(bin_dir)
+            .current_dir(dir)
+            .envs(ONE_THREAD)
+            .stdin(Stdio::null());
+        command.stdout(File::create(&out)?).stderr(File::create(&err)?).spawn()
+    });
+    let finished = started.and_then(|mut child| process::wait_with_peak(&mut child, RUN_TIMEOUT));
+    let output = String::from_utf8_lossy(&std::fs::read(&err).unwrap_or_default()).into_owned();
+    match finished {
+        Ok(Some(f)) if f.status.success() => tally.hostile_files_passed += 1,
+        Ok(Some(f)) => {
+            tally.failures.push(format!("hostile folder through the conductor: {}: {}", f.status, tail(&output, 3)))
+        }
+        Ok(None) => tally
+            .failures
+            .push(format!("hostile folder through the conductor: not finished in {RUN_TIMEOUT:?}; killed")),
+        Err(e) => tally.failures.push(format!("hostile folder through the conductor: {e}")),
+    }
 }
 
 /// The good images plus every hostile entry, all in `cats/`.
