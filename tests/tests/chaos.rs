@@ -897,7 +897,7 @@ fn ingest_hostile_folder(dir: &Path, bin_dir: &Path, hostile: &[HostileFile], ta
         return;
     };
     let child = Command::new(bin_dir.join("ingest"))
-        .current_dir(&dir)
+        .current_dir(dir)
         .args(["--root", "images", "--out", "dataset", "--shorter-side", "36", "--threads", "1"])
         .envs(ONE_THREAD)
         .stdin(Stdio::null())
