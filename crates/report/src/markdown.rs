@@ -1,6 +1,9 @@
-//! Markdown rendering of the document. Text appears verbatim; only what
-//! would break the structure (a `|` or a line break inside a table cell or
-//! heading) is escaped. Plots are referenced by relative path (`plots/…`).
+//! Markdown rendering of the document. Text (class labels, paths, names)
+//! appears literally: every character Markdown or inline HTML would read as
+//! markup is backslash-escaped and line breaks become spaces, so a label
+//! like `a|b <x> *y*` neither breaks a table nor formats or injects
+//! anything. Code blocks stay verbatim inside a long enough fence. Plots are
+//! referenced by relative path (`plots/…`).
 
 use std::fmt::Write;
 
@@ -35,13 +38,27 @@ fn inline(inlines: &[Inline]) -> String {
         .collect()
 }
 
-/// Line breaks would end the paragraph, heading or table row.
+/// Text as literal Markdown on one line: line breaks (which would end the
+/// paragraph, heading or table row) become spaces, and the characters that
+/// are markup (emphasis, code, links, inline HTML, entities, table cells,
+/// escapes) get a backslash.
 fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\r' | '\n' => out.push(' '),
+            '\\' | '|' | '<' | '>' | '*' | '_' | '`' | '[' | ']' | '&' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn cell(s: &str) -> String {
-    one_line(s).replace('|', "\\|")
+    one_line(s)
 }
 
 fn table(t: &Table) -> String {
@@ -75,8 +92,11 @@ mod tests {
     }
 
     #[test]
-    fn cells_keep_text_but_not_pipes_or_newlines() {
-        assert_eq!(cell("<b>&"), "<b>&");
+    fn cells_escape_markup_and_newlines() {
+        assert_eq!(cell("<b>&"), "\\<b\\>\\&");
         assert_eq!(cell("a|b\nc"), "a\\|b c");
+        assert_eq!(cell("a|b,\"c\"<x>\n*y*"), "a\\|b,\"c\"\\<x\\> \\*y\\*");
+        assert_eq!(cell(r"_[`x`](u)\"), r"\_\[\`x\`\](u)\\");
+        assert_eq!(cell("plain label, é 1.5"), "plain label, é 1.5");
     }
 }

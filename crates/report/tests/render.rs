@@ -180,7 +180,7 @@ fn markdown_links_the_plots_by_relative_path() {
 }
 
 #[test]
-fn user_text_is_escaped_in_html_and_verbatim_in_markdown() {
+fn user_text_is_escaped_in_html_and_markdown() {
     let dir = tempfile::tempdir().unwrap();
     let rendered = render(&fixture(), dir.path()).unwrap();
     let html = read(&rendered.html);
@@ -188,9 +188,49 @@ fn user_text_is_escaped_in_html_and_verbatim_in_markdown() {
     assert!(html.contains("&lt;b&gt;&amp;bird"));
     assert!(html.contains("broken/&lt;x&gt;&amp;.jpg"));
     let markdown = read(&rendered.markdown);
-    assert!(markdown.contains(&format!("| {TRICKY} |")));
-    assert!(markdown.contains("broken/<x>&.jpg"));
+    assert!(!markdown.contains(TRICKY) && !markdown.contains("<x>"), "raw user text in Markdown");
+    assert!(markdown.contains(r"| \<b\>\&bird |"));
+    assert!(markdown.contains(r"broken/\<x\>\&.jpg"));
     assert!(!markdown.contains("&lt;") && !markdown.contains("&amp;"));
+}
+
+/// A class label with every kind of markup: table separators, CSV quotes,
+/// HTML, a line break, emphasis.
+const HOSTILE: &str = "a|b,\"c\"<x>\n*y*";
+
+/// The fixture with its third class renamed to `label` everywhere.
+fn with_label(label: &str) -> ReportInput {
+    let mut input = fixture();
+    input.dataset.classes[2] = label.into();
+    for evaluation in [&mut input.head_test, &mut input.finetune_test].into_iter().flatten() {
+        evaluation.classes[2].name = label.into();
+    }
+    input
+}
+
+#[test]
+fn a_hostile_label_stays_one_literal_cell_in_markdown_and_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = render(&with_label(HOSTILE), dir.path()).unwrap();
+    let markdown = read(&rendered.markdown);
+    let escaped = r#"a\|b,"c"\<x\> \*y\*"#;
+    assert!(!markdown.contains("<x>") && !markdown.contains("*y*"), "raw label in Markdown");
+    // Every table that lists classes keeps its shape: the label's row has
+    // as many cells as its table's header (escaped pipes are not separators).
+    let lines: Vec<&str> = markdown.lines().collect();
+    let cells = |line: &str| line.replace(r"\|", "").matches('|').count();
+    let mut rows = 0;
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.contains(escaped) && l.starts_with('|')) {
+        let header = (0..i).rev().take_while(|&j| lines[j].starts_with('|')).last().map_or(*line, |j| lines[j]);
+        assert_eq!(cells(line), cells(header), "{line} under {header}");
+        rows += 1;
+    }
+    // Split counts; per-class metrics and confusion rows and columns, before and after fine-tuning.
+    assert_eq!(rows, 7, "{markdown}");
+    assert!(markdown.contains(&format!("3 classes: cat, dog, {escaped}.")), "{markdown}");
+    let html = read(&rendered.html);
+    assert!(html.contains("a|b,&quot;c&quot;&lt;x&gt;\n*y*"), "the label, escaped, in HTML");
+    assert!(!html.contains("<x>"));
 }
 
 #[test]
