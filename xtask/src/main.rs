@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask pipeline`   run every stage that exists on a dataset (the
 //!   built-in demo by default)
+//! - `cargo xtask gc`       remove store entries and feature-cache folders
+//!   no run refers to (`pipeline gc`; `--dry-run` lists them)
 //! - `cargo xtask test`       formatting, lints and the whole test suite
 //! - `cargo xtask bench`      the benchmarks, written to BENCHMARKS.md
 //! - `cargo xtask chaos`      the fault-injection suite in full (kills,
@@ -38,6 +40,8 @@ struct Cli {
 enum Command {
     /// Run the pipeline end to end (default: the built-in demo dataset).
     Pipeline(pipeline::Args),
+    /// Remove store entries and feature-cache folders no run refers to (pipeline gc; --dry-run lists them).
+    Gc(pipeline::GcArgs),
     /// Fetch the ONNX Runtime library (pinned, checked) and make the Python
     /// venv with ONNX Runtime's training API, in the cache.
     Setup,
@@ -79,6 +83,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match Cli::parse().command {
         Command::Pipeline(args) => pipeline::run(&args),
+        Command::Gc(args) => pipeline::gc(&args),
         Command::Setup => setup(),
         Command::FetchModel { name } => fetch_model::run(&name),
         Command::InspectModel(args) => inspect_model::run(&args, &invoked_from),

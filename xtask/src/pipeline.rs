@@ -18,6 +18,20 @@ pub struct Args {
     rest: Vec<String>,
 }
 
+/// `cargo xtask gc`: the arguments for `pipeline gc`.
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// Arguments for `pipeline gc`: --runs, --features-cache, --dry-run.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+/// Builds the conductor (release) and runs `pipeline gc` with the arguments given.
+pub fn gc(args: &GcArgs) -> Result<()> {
+    let bins = util::release_bins(&["pipeline"])?;
+    util::run(Command::new(bins.join("pipeline")).arg("gc").args(&args.rest))
+}
+
 pub fn run(args: &Args) -> Result<()> {
     crate::setup()?;
     let bins = util::release_bins(&["ingest", "features", "head-cli", "finetune", "predict", "pipeline"])?;
