@@ -5,8 +5,11 @@
 //! reuse the folder; anything else makes a new one.
 //!
 //! A folder is complete when its `artifacts.json` holds the full
-//! fingerprint: artifacts are generated into a temporary sibling, the
-//! manifest is written last, and the folder is renamed into place.
+//! fingerprint: artifacts are generated into a temporary sibling
+//! (`atomic_file::partial_path`), the manifest is written last, and the
+//! folder is synced and renamed into place. Generation holds a lock on the
+//! root folder: a second process waits, then reuses the first one's folder;
+//! the lock's holder removes what killed processes left half-made.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -118,22 +121,20 @@ pub fn fingerprint(request: &ArtifactRequest<'_>) -> Result<spec::Fingerprint> {
 pub fn ensure_artifacts(ort: &OrtTraining, root: &Path, request: &ArtifactRequest<'_>) -> Result<Artifacts> {
     let fingerprint = fingerprint(request)?;
     let dir = root.join(format!("artifacts-{}", fingerprint.short()));
-    if let Ok(existing) = Artifacts::open(&dir) {
-        if existing.manifest.fingerprint == fingerprint.0 {
-            return Ok(existing);
-        }
-        return Err(RunError::OtherArtifacts {
-            path: dir,
-            found: existing.manifest.fingerprint,
-            expected: fingerprint.0,
-        }
-        .into());
+    // Waits while another process generates (these or others), then reuses.
+    let _lock = crate::folder_lock::lock_folder(root, "training artifacts being generated")?;
+    remove_stale_partials(root);
+    if let Some(existing) = complete(&dir, &fingerprint)? {
+        return Ok(existing);
     }
-
-    std::fs::create_dir_all(root).map_err(FinetuneError::io("cannot create", root))?;
-    let partial = root.join(format!(".artifacts-{}.partial-{}", fingerprint.short(), std::process::id()));
+    let partial = atomic_file::partial_path(&dir);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(FinetuneError::io("cannot remove", &partial))?;
+    }
+    if dir.exists() {
+        // Not complete (no readable manifest): left by a kill before the
+        // rename existed; made again.
+        std::fs::remove_dir_all(&dir).map_err(FinetuneError::io("cannot remove", &dir))?;
     }
     // generate_artifacts does not create its folder.
     std::fs::create_dir_all(&partial).map_err(FinetuneError::io("cannot create", &partial))?;
@@ -145,14 +146,42 @@ pub fn ensure_artifacts(ort: &OrtTraining, root: &Path, request: &ArtifactReques
             return Err(error);
         }
     };
-    match std::fs::rename(&partial, &dir) {
+    match atomic_file::publish_dir(&partial, &dir) {
         Ok(()) => Ok(Artifacts { dir, manifest, generated: true }),
         Err(error) => {
             let _ = std::fs::remove_dir_all(&partial);
-            // Another process may have finished the same folder first.
-            match Artifacts::open(&dir) {
-                Ok(existing) if existing.manifest.fingerprint == fingerprint.0 => Ok(existing),
-                _ => Err(FinetuneError::Io { what: "cannot move artifacts into", path: dir, source: error }),
+            Err(FinetuneError::Io { what: "cannot move artifacts into", path: dir, source: error.source })
+        }
+    }
+}
+
+/// The complete artifacts folder `dir` for `fingerprint`, if there is one;
+/// an error if it holds other artifacts.
+fn complete(dir: &Path, fingerprint: &spec::Fingerprint) -> Result<Option<Artifacts>> {
+    match Artifacts::open(dir) {
+        Ok(existing) if existing.manifest.fingerprint == fingerprint.0 => Ok(Some(existing)),
+        Ok(existing) => Err(RunError::OtherArtifacts {
+            path: dir.to_owned(),
+            found: existing.manifest.fingerprint,
+            expected: fingerprint.0.clone(),
+        }
+        .into()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Removes half-made artifact folders of dead processes: named by
+/// `atomic_file::partial_path`, or `.artifacts-<fp>.partial-<pid>` as
+/// earlier versions named them. The caller holds the root's lock.
+fn remove_stale_partials(root: &Path) {
+    atomic_file::remove_stale_partials(root, false);
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(".artifacts-").and_then(|rest| rest.rsplit_once(".partial-"));
+        if let Some(pid) = pid.and_then(|(_, pid)| pid.parse::<u32>().ok()) {
+            if !atomic_file::process_alive(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
@@ -193,7 +222,8 @@ fn generate_into(
         generation_seconds: started.elapsed().as_secs_f64(),
     };
     let path = dir.join(MANIFEST);
-    let text = serde_json::to_string_pretty(&manifest).expect("the manifest serialises");
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|source| RunError::Manifest { path: path.clone(), source })?;
     std::fs::write(&path, text + "\n").map_err(FinetuneError::io("cannot write", &path))?;
     Ok(manifest)
 }

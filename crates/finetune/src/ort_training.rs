@@ -213,16 +213,22 @@ impl OrtTraining {
         let instance = with_python("setting up the embedded Python for onnxruntime-training", |py| {
             let globals = PyDict::new(py);
             globals.set_item("site_packages", site)?;
-            let code = CString::new(BOOTSTRAP).expect("no NUL in the bootstrap");
+            let code = CString::new(BOOTSTRAP)
+                .map_err(|_| pyo3::exceptions::PyValueError::new_err("the bootstrap holds a NUL byte"))?;
             py.run(&code, Some(&globals), None)?;
-            let module = |name: &str| -> PyResult<Py<PyModule>> {
-                Ok(globals.get_item(name)?.expect("set by the bootstrap").cast_into::<PyModule>()?.unbind())
+            // A venv whose packages were altered may leave a name unset: an
+            // error naming it, not a panic.
+            let global = |name: &str| -> PyResult<Bound<'_, PyAny>> {
+                globals.get_item(name)?.ok_or_else(|| {
+                    pyo3::exceptions::PyImportError::new_err(format!("the bootstrap did not define '{name}'"))
+                })
             };
+            let module = |name: &str| -> PyResult<Py<PyModule>> { Ok(global(name)?.cast_into::<PyModule>()?.unbind()) };
             Ok(OrtTraining {
                 site_packages: site_packages.to_owned(),
                 api: module("api")?,
                 onnxruntime: module("onnxruntime")?,
-                generate: globals.get_item("generate")?.expect("defined by the bootstrap").unbind(),
+                generate: global("generate")?.unbind(),
             })
         })?;
         Ok(INSTANCE.get_or_init(|| instance))
@@ -283,7 +289,8 @@ impl OrtTraining {
         config: SessionConfig,
         with_optimizer: bool,
     ) -> Result<TrainingSession> {
-        with_python("opening a training session", |py| {
+        let what = format!("opening a training session from the checkpoint {}", checkpoint.display());
+        with_python(&what, |py| {
             let api = self.api.bind(py);
             let options = self.onnxruntime.bind(py).getattr("SessionOptions")?.call0()?;
             options.setattr("intra_op_num_threads", config.threads)?;

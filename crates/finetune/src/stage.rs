@@ -310,6 +310,13 @@ impl Plan {
     /// Trains (or resumes), exports `model.onnx`, evaluates it and writes
     /// `finetune.json` (see the module doc); returns what it wrote there.
     pub fn run(self, hooks: &mut Hooks<'_>) -> Result<FinetuneSummary> {
+        // One process at a time in an output folder: a second waits, then
+        // resumes (or, finished, re-exports) what the first left.
+        let _lock = crate::folder_lock::lock_folder(&self.job.out, "the fine-tuning output folder")?;
+        // Holding the folder alone: every temporary here is a dead process's.
+        for stale in atomic_file::remove_stale_partials(&self.job.out, true) {
+            (hooks.log)(&format!("removed {}, left by a process that stopped", stale.display()));
+        }
         let (artifacts, artifacts_seconds) = self.artifacts(hooks)?;
         let config = self.train_config();
         let sources = self.sources()?;
@@ -362,7 +369,8 @@ impl Plan {
 
     fn train_config(&self) -> TrainConfig {
         let source = (&self.augment, self.mode, self.split.as_ref().map(|(s, _)| &s.tensor));
-        train_config(&self.job.config, serde_json::to_string(&source).expect("plain values serialise"))
+        // Options, enums and strings: serialising them cannot fail.
+        train_config(&self.job.config, serde_json::to_string(&source).unwrap_or_default())
     }
 
     fn sources(&self) -> Result<Sources> {

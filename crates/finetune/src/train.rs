@@ -106,6 +106,7 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochRecord) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
     check_inputs(run.config, train, validation.as_deref())?;
+    let _lock = crate::folder_lock::lock_folder(run.run_dir, "the fine-tuning run folder")?;
     let mut folder = RunFolder::open(run, train.len(), validation.as_ref().map(|v| v.len()))?;
     if let Some(stop) = folder.state.finished.clone() {
         return folder.outcome(stop);
@@ -237,8 +238,33 @@ impl<'r, 'a> RunFolder<'r, 'a> {
             state,
         };
         folder.check_resumable()?;
+        folder.remove_unnamed_checkpoints();
         rewrite_metrics(run.run_dir, &folder.state.history)?;
         Ok(folder)
+    }
+
+    /// Removes what a killed process left in `checkpoints/`: temporaries,
+    /// and checkpoints `state.json` does not name (saved before the state
+    /// that would have named them, or stale ones not yet removed after it),
+    /// so a resumed run ends with the files of an uninterrupted one. The
+    /// caller holds the run folder's lock.
+    fn remove_unnamed_checkpoints(&self) {
+        atomic_file::remove_stale_partials(&self.checkpoints, true);
+        let named: Vec<&str> = self
+            .state
+            .latest_checkpoint
+            .iter()
+            .map(String::as_str)
+            .chain(self.state.best.as_ref().map(|b| b.checkpoint.as_str()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.checkpoints) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(".ckpt") && (name.starts_with("epoch-") || name.starts_with("best-epoch-"));
+            if ours && !named.contains(&name.as_str()) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// A resumed state names the checkpoints of its completed epochs, and they exist.
@@ -466,10 +492,19 @@ fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
     }
 }
 
+/// Saves to a temporary sibling, syncs it, renames it into place and syncs
+/// the folder: the name appears only for a whole, durable checkpoint.
 fn save_checkpoint_atomically(session: &TrainingSession, path: &Path, with_optimizer: bool) -> Result<()> {
     let partial = atomic_file::partial_path(path);
     session.save_checkpoint(&partial, with_optimizer)?;
-    std::fs::rename(&partial, path).map_err(FinetuneError::io("cannot move a checkpoint to", path))
+    std::fs::File::open(&partial)
+        .and_then(|file| file.sync_all())
+        .map_err(FinetuneError::io("cannot sync the checkpoint", &partial))?;
+    atomic_file::rename(&partial, path).map_err(|e| FinetuneError::Io {
+        what: "cannot move a checkpoint to",
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Reads `state.json` if there is one.
