@@ -380,7 +380,11 @@ fn resolve(spec: &DatasetSpec) -> Result<DatasetSpec, IngestError> {
     let absolute = |p: &str| -> Result<String, IngestError> {
         let path = Path::new(p);
         let abs = std::path::absolute(path).map_err(|e| IngestError::io(path, e))?;
-        Ok(abs.to_string_lossy().into_owned())
+        // The working folder joined in front may not be UTF-8: refuse rather
+        // than record a different path.
+        abs.to_str().map(str::to_owned).ok_or_else(|| {
+            IngestError::Spec(spec::SpecError::Invalid(format!("{}: the path is not valid UTF-8", abs.display())))
+        })
     };
     let mut spec = spec.clone();
     spec.source = match &spec.source {

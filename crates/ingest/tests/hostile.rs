@@ -259,3 +259,19 @@ fn staging_left_by_killed_runs_is_removed_and_others_kept() {
     run(&spec_for(&root), &fresh);
     assert_eq!(records(&fresh).len(), 8);
 }
+
+#[test]
+fn a_root_whose_path_is_not_utf8_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join(OsStr::from_bytes(b"im\xe9ges"));
+    good_folder(&root);
+    let output =
+        Command::new(bin()).arg("--root").arg(&root).arg("--out").arg(tmp.path().join("out")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--root") && stderr.contains("im\u{FFFD}ges") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("out").exists(), "nothing written under a different name");
+}
