@@ -248,19 +248,26 @@ fn lock_model(spec: &ModelSpec, cache: &Path, dir: &Path) -> Result<atomic_file:
 /// file in place, with the spec unchanged, changes the digest). The file's
 /// digest is cached beside the model (see [`path_source_sha256`]), so an
 /// unchanged file is hashed once. What the conductor fingerprints.
+///
+/// A spec that does not parse, or a model file that cannot be read, gives
+/// the digest of the spec's bytes: the stage that resolves the spec reports
+/// the problem, and a failed stage is never reused.
 pub fn source_digest(spec_file: &Path, cache: &Path) -> Result<String, ModelError> {
     let bytes = std::fs::read(spec_file).map_err(|source| ModelError::Io { path: spec_file.to_path_buf(), source })?;
     let spec_digest = spec::sha256_hex(&bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let spec = ModelSpec::from_toml(&text).map_err(|e| ModelError::Spec(e.in_file("model spec", spec_file)))?;
+    let Ok(spec) = ModelSpec::from_toml(&String::from_utf8_lossy(&bytes)) else {
+        return Ok(spec_digest);
+    };
     let ModelSource::Path { path, .. } = &spec.source else {
         return Ok(spec_digest);
     };
     let dir = model_dir(&spec, cache);
     std::fs::create_dir_all(&dir).map_err(|source| ModelError::Io { path: dir.clone(), source })?;
     let _lock = lock_model(&spec, cache, &dir)?;
-    let content = path_source_sha256(Path::new(path), &dir)?;
-    Ok(spec::fingerprint("model-spec-and-file", &(spec_digest, content)).0)
+    match path_source_sha256(Path::new(path), &dir) {
+        Ok(content) => Ok(spec::fingerprint("model-spec-and-file", &(spec_digest, content)).0),
+        Err(_) => Ok(spec_digest),
+    }
 }
 
 /// Where the digest of a `path` source's file is cached.
@@ -616,6 +623,12 @@ mod tests {
         let record: PathSourceDigest = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
         assert_eq!(record.sha256, spec::sha256_hex(&other));
         assert_ne!(resolve(&spec, &cache).unwrap().fingerprint, resolved.fingerprint);
+
+        // A missing file or a spec that does not parse: the spec's bytes (the stage reports the problem).
+        std::fs::remove_file(&model).unwrap();
+        assert_eq!(source_digest(&spec_file, &cache).unwrap(), spec::sha256_hex(text.as_bytes()));
+        std::fs::write(&spec_file, "name = ").unwrap();
+        assert_eq!(source_digest(&spec_file, &cache).unwrap(), spec::sha256_hex(b"name = "));
 
         // Another spec of a non-path source: the digest of the spec's bytes, as before.
         let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-specs/models/tiny-vgg.toml");

@@ -128,8 +128,9 @@ fn choose_model(experiment: &Experiment) -> Result<ChosenModel> {
     if let Some(note) = &choice.note {
         eprintln!("{note}");
     }
-    let bytes = std::fs::read(&choice.spec).with_context(|| format!("reading {}", choice.spec.display()))?;
-    Ok(ChosenModel { digest: spec::sha256_hex(&bytes), choice })
+    // The spec's bytes, and a `path` source's file content (an edited file re-runs features).
+    let digest = models::source_digest(&choice.spec, &cache)?;
+    Ok(ChosenModel { digest, choice })
 }
 
 fn ingest_images(conductor: &mut Conductor, experiment: &Experiment) -> Result<Product> {
