@@ -241,6 +241,10 @@ impl Index {
     pub fn segments(&self) -> usize {
         self.segments.len()
     }
+    /// Whether [`Store::compact`] has small segments to merge.
+    pub fn wants_compaction(&self) -> bool {
+        self.segments.iter().filter(|s| s.rows < SMALL_SEGMENT_ROWS).count() >= COMPACT_MIN_SEGMENTS
+    }
     /// Files found bad during the scan (already moved aside).
     pub fn quarantined(&self) -> &[Quarantined] {
         &self.quarantined

@@ -140,14 +140,19 @@ pub fn extract(
         rejected: Vec::new(),
         warnings: Vec::new(),
     };
+    // A compaction skipped earlier (the folder was busy) is caught up on.
+    let mut compact = index.wants_compaction();
     drop(index);
     if !lookup.missing.is_empty() {
         let job = Job { dataset, model, splits: &splits, missing: &lookup.missing, pooling, threads, store: &store };
         let done = job.run(options.batch_size.max(1), progress)?;
         (summary.computed, summary.inference_seconds) = (done.computed, done.inference_seconds);
         lookup.rejected.extend(done.rejected);
-        // Merging small segments only saves files; the vectors are committed.
-        // It runs only if no other process uses the folder (it deletes segments).
+        compact = true;
+    }
+    // Merging small segments only saves files; the vectors are committed.
+    // It runs only if no other process uses the folder (it deletes segments).
+    if compact {
         if let Err(e) = store.compact() {
             summary.warnings.push(format!("compacting the cache failed (harmless): {e}"));
         }
