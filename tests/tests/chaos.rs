@@ -8,8 +8,8 @@
 //!   duration in an uninterrupted run, `kill -9` it (the conductor's stage
 //!   child must die with it), then rerun: exit 0, the run folder's digests
 //!   (golden's, `e2e_tests::digest`) equal the uninterrupted run's, no
-//!   `.partial` left in the store or the feature cache, no error in the
-//!   rerun's output and logs.
+//!   `.partial` left in the store, the feature cache or the rerun's run
+//!   folder, no error in the rerun's output and logs.
 //! - Races: two conductors at once on one fresh store: both exit 0, each
 //!   with its own run folder, both equal to the uninterrupted run.
 //! - Hostile specs: traversal and absolute names, option-like pip
@@ -363,9 +363,11 @@ impl Slot {
             }
             Err(panic) => problems.push(format!("{who}: an output does not read: {}", panic_text(&panic))),
         }
-        let partials: Vec<String> = ["runs", "cache"]
+        // The store, the feature cache and this run's folder; a killed run's
+        // own folder is abandoned as it was (no later run reads it).
+        let partials: Vec<String> = [self.work.join("runs/.store"), self.work.join("cache"), run.run_dir.clone()]
             .iter()
-            .flat_map(|dir| walkdir::WalkDir::new(self.work.join(dir)).into_iter().flatten())
+            .flat_map(|dir| walkdir::WalkDir::new(dir).into_iter().flatten())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
             .map(|e| e.path().strip_prefix(&self.work).unwrap_or(e.path()).display().to_string())
             .collect();
