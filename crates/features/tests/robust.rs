@@ -355,3 +355,48 @@ fn two_processes_on_one_cache_both_succeed_with_the_same_vectors() {
         }
     }
 }
+
+#[test]
+fn the_binary_names_each_rejected_image_and_lists_it_in_features_json() {
+    require_ort();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = demo_dataset(dir.path(), 3, 46);
+    let means = image_means(&dataset);
+    let (t, dark) = threshold(&means);
+    let file = dir.path().join("trap.onnx");
+    let output = write_trap_model(&file, Trap::SqrtBelow(t));
+    // The tiny spec's input and preprocessing, with the trap model as its conv base.
+    let tiny = std::fs::read_to_string(TINY_SPEC).unwrap();
+    let (Some(start), Some(end)) = (tiny.find("[input]"), tiny.find("[conv_base]")) else { panic!("{tiny}") };
+    let spec = format!(
+        "name = \"trap-nan\"\n\n[source.path]\npath = {:?}\n\n{}[conv_base]\noutput = {output:?}\nshape = [4, 1, 1]\npooling = \"flatten\"\n",
+        file.to_str().unwrap(),
+        &tiny[start..end]
+    );
+    let spec_file = dir.path().join("trap-nan.toml");
+    std::fs::write(&spec_file, spec).unwrap();
+
+    let out = dir.path().join("out");
+    let result = features_binary(dir.path())
+        .arg("--dataset")
+        .arg(dataset.dir())
+        .arg("--model")
+        .arg(&spec_file)
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let info = feature_cache::read_features(&out).unwrap();
+    assert_eq!(info.rejected.len(), dark);
+    for r in &info.rejected {
+        let line = format!("warning: rejected {} ({}): ", r.path, r.content_id);
+        assert!(stderr.contains(&line) && r.reason.contains("NaN"), "{line} not in:\n{stderr}");
+    }
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains(&format!("{dark} rejected")), "{stdout}");
+    verify(&out).unwrap();
+}
