@@ -115,6 +115,9 @@ impl Entry {
             Some(_) => {}
             None => std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?,
         }
+        if adopted.is_some() {
+            remove_partials_below(&staging);
+        }
         Ok((staging, adopted.is_some()))
     }
 
@@ -141,6 +144,22 @@ impl Entry {
             remove_path(&retired)?;
         }
         Ok(())
+    }
+}
+
+/// Removes the temporary files and folders (named by
+/// `atomic_file::partial_path`) that the killed stage left anywhere in an
+/// adopted staging folder: under the entry's lock nobody is writing them.
+fn remove_partials_below(dir: &Path) {
+    let folders: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    for folder in folders {
+        atomic_file::remove_stale_partials(&folder, true);
     }
 }
 
@@ -329,6 +348,8 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         std::fs::write(newer.join("state.json"), b"epoch 1").unwrap();
+        let half_written = newer.join("artifacts").join(".artifacts-abc.4000002.partial");
+        std::fs::create_dir_all(&half_written).unwrap();
         let mut leftovers = entry.leftovers();
         leftovers.sort();
         assert_eq!(leftovers, [ingest_sibling.clone(), old.clone(), newer.clone()]);
@@ -337,6 +358,8 @@ mod tests {
         assert!(adopted);
         assert_eq!(staging, entry.staging());
         assert_eq!(std::fs::read(staging.join("state.json")).unwrap(), b"epoch 1");
+        assert!(staging.join("artifacts").is_dir(), "the adopted folder lost its content");
+        assert!(!staging.join("artifacts/.artifacts-abc.4000002.partial").exists(), "a killed stage's partial stayed");
         assert!(!old.exists() && !newer.exists() && !ingest_sibling.exists());
         assert!(not_ours.exists(), "another entry's staging folder was touched");
 
