@@ -177,3 +177,57 @@ impl CacheKey {
         format!("{name}-{}-{}-{}", self.pooling.name(), self.dtype, self.fingerprint().short())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> FeaturesInfo {
+        let spec = ModelSpec::from_toml(include_str!("../../../data-specs/models/tiny-vgg.toml")).unwrap();
+        let key = CacheKey {
+            model: spec.name.clone(),
+            model_fingerprint: "m".into(),
+            preprocess_fingerprint: "p".into(),
+            pooling: Pooling::Flatten,
+            dtype: Dtype::F32,
+            embedding_len: 16,
+        };
+        FeaturesInfo {
+            model: ModelInfo {
+                name: spec.name.clone(),
+                fingerprint: "m".into(),
+                pretrained: false,
+                weights_note: String::new(),
+                conv_base: "conv.onnx".into(),
+                spec,
+            },
+            preprocess_fingerprint: "p".into(),
+            pooling: Pooling::Flatten,
+            dtype: Dtype::F32,
+            embedding_len: 16,
+            dataset: DatasetRef { dir: "data".into(), fingerprint: "d".into(), classes: vec!["a".into()] },
+            cache: CacheInfo { root: "cache".into(), store: "cache/x".into(), key },
+            splits: BTreeMap::new(),
+            hits: 0,
+            computed: 1,
+            seconds: 0.0,
+            images_per_second: 0.0,
+            threads: 1,
+            rejected: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rejected_images_are_written_only_when_there_are_some_and_older_files_read_as_none() {
+        let plain = serde_json::to_value(info()).unwrap();
+        assert!(plain.get("rejected").is_none(), "no field when nothing was rejected: older digests hold");
+        let older: FeaturesInfo = serde_json::from_value(plain).unwrap();
+        assert!(older.rejected.is_empty());
+
+        let rejected = RejectedImage { content_id: "ab12".into(), path: "cats/1.png".into(), reason: "NaN".into() };
+        let with = FeaturesInfo { rejected: vec![rejected.clone()], ..info() };
+        let value = serde_json::to_value(&with).unwrap();
+        assert_eq!(value["rejected"][0]["path"], "cats/1.png");
+        assert_eq!(serde_json::from_value::<FeaturesInfo>(value).unwrap().rejected, [rejected]);
+    }
+}
