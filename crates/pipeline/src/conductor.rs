@@ -153,6 +153,10 @@ impl<'a> Conductor<'a> {
         }
         let done = self.execute(stage, fingerprint, entry, &staging, log, args)?;
         entry.publish(&staging)?;
+        // What the stage left beside its staging folder (ingest's lock file).
+        for leftover in entry.leftovers() {
+            store::remove_path(&leftover)?;
+        }
         Ok(Done {
             note: [done.note, note].into_iter().filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; "),
             ..done
