@@ -66,13 +66,15 @@ fn reliability_section(counts: &serde_json::Value, args: &Args) -> String {
         "Command: `cargo xtask chaos` (seed {}; the CI version is `cargo test -p e2e-tests --test chaos`, two kills per \
          target and two races). The fault-injection suite in `tests/tests/chaos.rs`, debug build, on the tiny \
          experiment (`tests/golden/tiny.toml`): `kill -9` of each stage and of the conductor at random instants of \
-         its usual duration, each on a fresh store, then a rerun that must exit 0 with outputs byte-identical (the \
-         golden digests) to an uninterrupted run, no `.partial` left and no error in its output or logs; two \
-         conductors started at once on one store; hostile specs (traversal and absolute names, option-like pip \
-         requirements, wrong types, unknown keys, missing sections, huge numbers, NaN/Inf/zero normalisation), \
+         its usual duration, each on a fresh store, then a rerun that must exit 0 with outputs byte-identical \
+         (golden's digests; cache hits and the resumed epoch masked) to an uninterrupted run, no `.partial` \
+         left in the store and no error in its output or logs; two conductors started at once on one store; \
+         hostile specs (traversal and absolute names, option-like pip requirements, wrong types, unknown keys, \
+         missing sections, huge numbers, NaN/Inf/zero normalisation), \
          each to be refused with one error line naming the file and nothing written outside the run's folders; a \
          hostile image folder (FIFO, link to /dev/zero, link loop, dangling link, non-UTF-8 name, 100000×1 PNG, \
-         PNG declaring 10⁹ pixels) that ingest must get through in a minute under 500 MB, naming each reject.\n\n",
+         PNG declaring 10⁹ pixels) that ingest must get through in a minute under 500 MB, naming each reject, \
+         and the conductor too.\n\n",
         args.seed
     ));
     out.push_str(
@@ -99,7 +101,7 @@ fn reliability_section(counts: &serde_json::Value, args: &Args) -> String {
     ));
     out.push_str(&format!(
         "| check | tried | passed |\n|---|---|---|\n| races (two conductors, one store) | {} | {} |\n| hostile specs \
-         | {} | {} |\n| hostile files | {} | {} |\n\n",
+         | {} | {} |\n| hostile folder (7 files through ingest, the folder through the conductor) | {} | {} |\n\n",
         n("races_run"),
         n("races_passed"),
         n("hostile_specs_tried"),
