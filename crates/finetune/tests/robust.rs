@@ -98,6 +98,38 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
     records
 }
 
+/// kill -9 at spread-out instants (model resolution, artifact generation,
+/// training, export), each time in the same folder, then one run to the
+/// end: the files and bytes of a run never interrupted.
+#[test]
+fn killed_at_any_instant_then_rerun_ends_with_the_files_of_a_lone_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("lone");
+    let started = std::time::Instant::now();
+    run_ok(&lone);
+    let lone_ms = started.elapsed().as_millis() as u64;
+    let out = dir.path().join("killed");
+    let mut rng = train_kit::SplitMix64::new(17);
+    let mut killed = 0;
+    for _ in 0..10 {
+        let delay = 50 + rng.next_u64() % (lone_ms * 3 / 4).max(100);
+        let mut child = smoke(&out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(killed >= 2, "only {killed} of 10 runs were killed before they ended");
+    eprintln!("{killed} of 10 runs killed (a lone run takes {lone_ms} ms)");
+    run_ok(&out);
+    assert_eq!(files(&out), files(&lone), "the same files, no leftovers");
+    let model = |out: &Path| std::fs::read(out.join("model.onnx")).unwrap();
+    assert!(model(&out) == model(&lone), "model.onnx differs");
+    assert_eq!(metrics(&out), metrics(&lone));
+}
+
 #[test]
 fn what_a_killed_process_left_is_removed_by_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
