@@ -5,7 +5,9 @@
 //! (sorted by class, then relative path):
 //! 1. read and hash every file (SHA-256 = content id) to find duplicates and
 //!    label conflicts before anything is written;
-//! 2. in chunks, decode + orient + resize in parallel (rayon), then append
+//! 2. assign the splits: stratified per class, by rank of a seeded hash of
+//!    the content id (`split`), from the ids alone (one byte kept an image);
+//! 3. in chunks, decode + orient + resize in parallel (rayon), then append
 //!    the rows, in order, to one Parquet shard series per split.
 //!
 //! Output goes to this process's staging folder, synced and renamed into
@@ -27,7 +29,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use spec::{DatasetSource, DatasetSpec};
 
-pub use split::{assign as assign_split, Split};
+pub use split::{assign as assign_splits, class_sizes as class_split_sizes, moved_when_adding, Split, SMALL_CLASS};
 
 use contracts::dataset::{DatasetInfo, INFO_FILE, REJECTS_FILE};
 use dataset::{DatasetWriter, Limits, Row, SplitInfo};
@@ -206,6 +208,11 @@ pub fn ingest(
     // before anything is written.
     let hashed = hash_candidates(&found.candidates, spec.max_pixels, &mut rejects, progress);
     let kept = drop_duplicates(hashed, &found.classes, &mut rejects);
+    let ids: Vec<(u32, &str)> = kept.iter().map(|(c, id)| (c.label_index, id.as_str())).collect();
+    let splits = split::assign(spec.seed, &ids, &spec.split);
+    drop(ids);
+    let kept: Vec<(&Candidate, String, Split)> =
+        kept.into_iter().zip(splits).map(|((c, id), split)| (c, id, split)).collect();
 
     // Pass 2: decode and write, into this process's staging folder.
     let partial = fresh_partial_dir(out_dir)?;
@@ -213,11 +220,14 @@ pub fn ingest(
         serde_json::to_string(&spec).map_err(|e| IngestError::Spec(spec::SpecError::Invalid(e.to_string())))?;
     let limits = Limits { rows_per_shard: opts.rows_per_shard.max(1), rows_per_group: opts.rows_per_group.max(1) };
     let mut writer = DatasetWriter::new(&partial, found.classes.clone(), spec_json, limits);
-    rejects.extend(decode_and_write(&kept, &spec, &mut writer, opts.chunk_size.max(1), progress)?);
+    let failed = decode_and_write(&kept, &spec, &mut writer, opts.chunk_size.max(1), progress)?;
+    let failed_per_class = failed_per_class(&kept, &failed, found.classes.len());
+    rejects.extend(failed);
     let (splits, fingerprint) = writer.finish()?;
     rejects.sort_by(|a, b| a.path.cmp(&b.path).then(a.reason.cmp(&b.reason)));
 
-    let info = dataset_info(spec, &found, splits, fingerprint, &rejects);
+    let mut info = dataset_info(spec, &found, splits, fingerprint, &rejects);
+    info.warnings.extend(decode_failure_warnings(&info.classes, &failed_per_class));
     contracts::write(&partial.join(INFO_FILE), &info)?;
     write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
     replace_dir(&partial, out_dir)?;
@@ -307,7 +317,7 @@ fn remove_stale_staging(out_dir: &Path) {
 /// Decodes the kept files, `chunk_size` at a time in parallel, and pushes
 /// the rows to `writer` in order; returns the files that failed to decode.
 fn decode_and_write(
-    kept: &[(&Candidate, String)],
+    kept: &[(&Candidate, String, Split)],
     spec: &DatasetSpec,
     writer: &mut DatasetWriter,
     chunk_size: usize,
@@ -322,8 +332,8 @@ fn decode_and_write(
             for chunk in kept.chunks(chunk_size) {
                 let rows: Vec<Result<Row, Reject>> = chunk
                     .par_iter()
-                    .map(|(c, id)| {
-                        let row = decode_row(c, id, spec);
+                    .map(|(c, id, split)| {
+                        let row = decode_row(c, id, *split, spec);
                         progress.advance(1);
                         row
                     })
@@ -423,7 +433,7 @@ pub(crate) fn read_file(c: &Candidate, max_pixels: u64) -> Result<Vec<u8>, Rejec
     Ok(bytes)
 }
 
-fn decode_row(c: &Candidate, content_id: &str, spec: &DatasetSpec) -> Result<Row, Reject> {
+fn decode_row(c: &Candidate, content_id: &str, split: Split, spec: &DatasetSpec) -> Result<Row, Reject> {
     let bytes = read_file(c, spec.max_pixels)?;
     if spec::sha256_hex(&bytes) != content_id {
         return Err(Reject::new(c.rel.clone(), RejectKind::Unreadable, "file changed while being ingested"));
@@ -434,7 +444,7 @@ fn decode_row(c: &Candidate, content_id: &str, spec: &DatasetSpec) -> Result<Row
         content_id: content_id.to_string(),
         rel: c.rel.clone(),
         label_index: c.label_index,
-        split: split::assign(spec.seed, content_id, &spec.split),
+        split,
         original: decoded.original,
         stored: decoded.stored,
     })
@@ -487,26 +497,72 @@ fn drop_duplicates<'a>(
     kept
 }
 
+/// Says what was done with each class that is not in every split its
+/// ratio asks for: a small class (under [`SMALL_CLASS`] images) by the
+/// stated rule, any other because files failed to decode after assignment.
 fn small_class_warnings(info: &DatasetInfo) -> Vec<String> {
     let ratios = &info.spec.split;
     let mut warnings = Vec::new();
     for (ci, class) in info.classes.iter().enumerate() {
-        let total: usize = info.splits.values().map(|s| s.per_class[ci]).sum();
+        let count = |split: Split| info.split(split).per_class.get(ci).copied().unwrap_or(0);
+        let total: usize = Split::ALL.iter().map(|&s| count(s)).sum();
         if total == 0 {
             warnings.push(format!("class '{class}' has no usable images (all rejected)"));
             continue;
         }
-        for (split, ratio) in
+        let missing: Vec<&str> =
             [(Split::Train, ratios.train), (Split::Validation, ratios.validation), (Split::Test, ratios.test)]
-        {
-            if ratio > 0.0 && info.split(split).per_class.get(ci).copied().unwrap_or(0) == 0 {
-                warnings.push(format!(
-                    "class '{class}' has {total} images and none in the {split} split; add images or change the ratios"
-                ));
+                .into_iter()
+                .filter(|&(split, ratio)| ratio > 0.0 && count(split) == 0)
+                .map(|(split, _)| split.as_str())
+                .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let placed: Vec<String> =
+            Split::ALL.iter().filter(|&&s| count(s) > 0).map(|&s| format!("{} in {s}", count(s))).collect();
+        let why = if total < SMALL_CLASS {
+            format!("classes under {SMALL_CLASS} images go to train, then test, then validation")
+        } else {
+            "add images or change the ratios".to_string()
+        };
+        warnings.push(format!(
+            "class '{class}' has {total} image(s): {}, none in {} ({why})",
+            placed.join(", "),
+            missing.join(" or ")
+        ));
+    }
+    warnings
+}
+
+/// Files per class that were assigned a split but failed to decode.
+fn failed_per_class(kept: &[(&Candidate, String, Split)], failed: &[Reject], classes: usize) -> Vec<usize> {
+    let failed: std::collections::HashSet<&str> = failed.iter().map(|r| r.path.as_str()).collect();
+    let mut per_class = vec![0; classes];
+    for (c, _, _) in kept {
+        if failed.contains(c.rel.as_str()) {
+            if let Some(n) = per_class.get_mut(c.label_index as usize) {
+                *n += 1;
             }
         }
     }
-    warnings
+    per_class
+}
+
+/// The split is assigned from content ids before decoding, so a file that
+/// then fails to decode leaves its split one short: say so per class.
+fn decode_failure_warnings(classes: &[String], failed_per_class: &[usize]) -> Vec<String> {
+    classes
+        .iter()
+        .zip(failed_per_class)
+        .filter(|(_, &n)| n > 0)
+        .map(|(class, n)| {
+            format!(
+                "class '{class}': {n} file(s) failed to decode after the split was assigned; \
+                 its split sizes may differ from the ratios by up to {n} more"
+            )
+        })
+        .collect()
 }
 
 fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<(), IngestError> {

@@ -154,6 +154,7 @@ fn run(args: Args) -> Result<ExitCode> {
         per_split.join(", "),
         rows as f64 / secs.max(1e-9)
     );
+    print_class_counts(info);
     println!(
         "rejected {}, duplicates {}, label conflicts {}, ignored {} (see {})",
         info.rejected,
@@ -168,6 +169,22 @@ fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Images per class and split, one line a class (up to 50 classes; all of
+/// them are in dataset.json).
+fn print_class_counts(info: &contracts::dataset::DatasetInfo) {
+    const SHOWN: usize = 50;
+    for (ci, class) in info.classes.iter().enumerate().take(SHOWN) {
+        let counts: Vec<String> = Split::ALL
+            .iter()
+            .map(|&s| format!("{s} {}", info.split(s).per_class.get(ci).copied().unwrap_or(0)))
+            .collect();
+        println!("  class {class}: {}", counts.join(", "));
+    }
+    if info.classes.len() > SHOWN {
+        println!("  … {} more classes (per-class counts in dataset.json)", info.classes.len() - SHOWN);
+    }
 }
 
 fn main() -> ExitCode {

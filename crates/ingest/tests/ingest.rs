@@ -265,18 +265,21 @@ fn splits_are_stratified_and_stable_when_images_are_added() {
     let root = tmp.path().join("images");
     let opts = DemoOptions { per_class: 120, width: 12, height: 12, seed: 3, broken_files: false };
     demo::generate(&root, &opts).unwrap();
-    let before = run(&spec_for(&root, 8), &tmp.path().join("v1"));
-    for (c, n) in before.info.split(Split::Train).per_class.iter().enumerate() {
-        let share = *n as f64 / 120.0;
-        assert!((share - 0.8).abs() < 0.1, "class {c}: train share {share}");
+    let spec = spec_for(&root, 8);
+    let before = run(&spec, &tmp.path().join("v1"));
+    // Exactly the stated sizes in every class: 96 / 12 / 12 of 120.
+    for c in 0..demo::CLASSES.len() {
+        let got: Vec<usize> = Split::ALL.iter().map(|&s| before.info.split(s).per_class[c]).collect();
+        assert_eq!(got, [96, 12, 12], "class {c}");
     }
-    let splits_of = |dir: &Path| -> HashMap<String, Split> {
+    let splits_of = |dir: &Path| -> HashMap<String, (u32, Split)> {
         let ds = Dataset::open(dir).unwrap();
-        all_records(&ds, false).into_iter().map(|r| (r.content_id, r.split)).collect()
+        all_records(&ds, false).into_iter().map(|r| (r.content_id, (r.label_index, r.split))).collect()
     };
     let old = splits_of(&tmp.path().join("v1"));
 
-    // Add images with other content and names; nothing old may move.
+    // Add 15 images with other content and names to each class: each class
+    // moves at most the stated bound, and stays exactly stratified.
     let mut rng = SplitMix64::new(99);
     for (ci, class) in demo::CLASSES.iter().enumerate() {
         for i in 0..15 {
@@ -288,12 +291,49 @@ fn splits_are_stratified_and_stable_when_images_are_added() {
             .unwrap();
         }
     }
-    run(&spec_for(&root, 8), &tmp.path().join("v2"));
+    let after = run(&spec, &tmp.path().join("v2"));
     let new = splits_of(&tmp.path().join("v2"));
     assert_eq!(new.len(), old.len() + 75);
-    for (id, split) in &old {
-        assert_eq!(new[id], *split, "image {id} moved");
+    let expected = ingest::class_split_sizes(135, &spec.split);
+    for c in 0..demo::CLASSES.len() {
+        let got: Vec<usize> = Split::ALL.iter().map(|&s| after.info.split(s).per_class[c]).collect();
+        assert_eq!(got, expected, "class {c}");
+        let moved = old.iter().filter(|(id, (label, split))| *label == c as u32 && new[*id].1 != *split).count();
+        let bound = ingest::moved_when_adding(15, &spec.split);
+        assert!(moved <= bound, "class {c}: {moved} existing images moved, bound {bound}");
     }
+}
+
+#[test]
+fn splits_do_not_depend_on_file_names_listing_order_or_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let opts = DemoOptions { per_class: 40, width: 12, height: 12, seed: 5, broken_files: false };
+    demo::generate(&root, &opts).unwrap();
+    // The same bytes under reversed names: discovery lists them in another order.
+    let renamed = tmp.path().join("renamed");
+    for class in demo::CLASSES {
+        fs::create_dir_all(renamed.join(class)).unwrap();
+        for entry in fs::read_dir(root.join(class)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let (stem, ext) = name.rsplit_once('.').unwrap();
+            let reversed: String = stem.chars().rev().collect();
+            fs::copy(&path, renamed.join(class).join(format!("r-{reversed}.{ext}"))).unwrap();
+        }
+    }
+    let splits_with = |root: &Path, threads: usize, out: &str| -> BTreeMap<String, Split> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let out = tmp.path().join(out);
+        pool.install(|| run(&spec_for(root, 8), &out));
+        let ds = Dataset::open(&out).unwrap();
+        all_records(&ds, false).into_iter().map(|r| (r.content_id, r.split)).collect()
+    };
+    let reference = splits_with(&root, 1, "one");
+    assert_eq!(reference.len(), 200);
+    assert_eq!(splits_with(&root, 4, "four"), reference);
+    assert_eq!(splits_with(&renamed, 1, "renamed-one"), reference);
+    assert_eq!(splits_with(&renamed, 4, "renamed-four"), reference);
 }
 
 #[test]
@@ -419,6 +459,46 @@ fn binary_strict_mode_fails_on_rejects() {
     let strict = ingest(&["--strict"]);
     assert_eq!(strict.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&strict.stderr).contains("--strict: 6 file(s)"));
+}
+
+#[test]
+fn binary_prints_per_class_counts_and_says_what_it_did_with_small_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let mut rng = SplitMix64::new(17);
+    // 40 (the seen 30/1/9 case), 3, 2 and 1 images.
+    for (ci, (class, n)) in [("big", 40), ("three", 3), ("two", 2), ("one", 1)].into_iter().enumerate() {
+        fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..n {
+            let img = demo::render(ci % demo::CLASSES.len(), 10, 10, &mut rng);
+            let bytes = demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png);
+            fs::write(root.join(class).join(format!("{i:02}.png")), bytes).unwrap();
+        }
+    }
+    let out = tmp.path().join("out");
+    let output = std::process::Command::new(bin())
+        .args(["--root", root.to_str().unwrap(), "--out", out.to_str().unwrap(), "--shorter-side", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for line in [
+        "class big: train 32, validation 4, test 4",
+        "class three: train 1, validation 1, test 1",
+        "class two: train 1, validation 0, test 1",
+        "class one: train 1, validation 0, test 0",
+    ] {
+        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
+    }
+    let info: contracts::dataset::DatasetInfo = contracts::read(&out.join("dataset.json")).unwrap();
+    let warned = |class: &str| info.warnings.iter().find(|w| w.contains(&format!("class '{class}'"))).cloned();
+    let two = warned("two").unwrap();
+    assert!(two.contains("1 in train, 1 in test, none in validation") && two.contains("under 3 images"), "{two}");
+    let one = warned("one").unwrap();
+    assert!(one.contains("1 in train, none in validation or test"), "{one}");
+    assert!(warned("big").is_none() && warned("three").is_none(), "{:?}", info.warnings);
+    assert!(stderr.contains(&format!("warning: {two}")), "{stderr}");
 }
 
 #[test]
