@@ -337,6 +337,32 @@ fn splits_do_not_depend_on_file_names_listing_order_or_threads() {
 }
 
 #[test]
+fn files_that_fail_to_decode_after_the_split_is_assigned_are_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    let mut rng = SplitMix64::new(23);
+    for (ci, class) in ["a", "b"].into_iter().enumerate() {
+        fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..10 {
+            let img = demo::render(ci, 10, 10, &mut rng);
+            fs::write(
+                root.join(class).join(format!("{i}.png")),
+                demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png),
+            )
+            .unwrap();
+        }
+    }
+    // Reads and hashes fine (so it gets a split), fails only when decoded.
+    fs::write(root.join("a/garbage.png"), b"not a png at all").unwrap();
+    let summary = run(&spec_for(&root, 8), &tmp.path().join("out"));
+    let rows_of_a: usize = Split::ALL.iter().map(|&s| summary.info.split(s).per_class[0]).sum();
+    assert_eq!(rows_of_a, 10);
+    let warning = summary.info.warnings.iter().find(|w| w.contains("class 'a'")).unwrap();
+    assert!(warning.contains("1 file(s) failed to decode after the split was assigned"), "{warning}");
+    assert!(!summary.info.warnings.iter().any(|w| w.contains("class 'b'")), "{:?}", summary.info.warnings);
+}
+
+#[test]
 fn output_is_byte_identical_across_reruns_and_thread_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("images");
