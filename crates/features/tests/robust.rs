@@ -400,3 +400,69 @@ fn the_binary_names_each_rejected_image_and_lists_it_in_features_json() {
     assert!(stdout.contains(&format!("{dark} rejected")), "{stdout}");
     verify(&out).unwrap();
 }
+
+/// kill -9 at ten seeded instants, all on one cache and output folder, then
+/// a run to the end: it verifies, holds the vectors of a lone run, and no
+/// temporary is left in the cache.
+#[test]
+fn killed_at_any_instant_then_rerun_gives_the_vectors_of_a_lone_run() {
+    require_ort();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = demo_dataset(dir.path(), 15, 47);
+    let model = resolve(&tiny_spec(), &dir.path().join("models"));
+    let reference_cache = FeatureCache::open(&dir.path().join("reference")).unwrap();
+    let reference = extract(&dataset, &model, &reference_cache, &ExtractOptions::default(), &progress::Silent).unwrap();
+    let reference_store = reference_cache.store(&reference.key).unwrap();
+    let expected: Vec<_> =
+        splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &reference_store, s).unwrap()).collect();
+
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    let command = || {
+        let mut cmd = features_binary(dir.path());
+        cmd.arg("--dataset").arg(dataset.dir()).arg("--model").arg(TINY_SPEC).arg("--cache").arg(&cache);
+        cmd.args(["--batch", "1", "--threads", "1", "--out"]).arg(&out);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let lone_dir = dir.path().join("lone");
+    let status = features_binary(dir.path())
+        .arg("--dataset")
+        .arg(dataset.dir())
+        .args(["--model", TINY_SPEC, "--batch", "1", "--threads", "1", "--cache"])
+        .arg(lone_dir.join("cache"))
+        .arg("--out")
+        .arg(lone_dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let lone_ms = started.elapsed().as_millis() as u64;
+    let mut rng = train_kit::SplitMix64::new(5);
+    let mut killed = 0;
+    for _ in 0..10 {
+        let mut child = command().spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5 + rng.next_u64() % (lone_ms / 2).max(20)));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    eprintln!("{killed} of 10 runs killed (a lone run takes {lone_ms} ms)");
+    assert!(killed >= 1, "none of 10 runs was killed before it ended");
+    let last = command().stderr(std::process::Stdio::piped()).output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    verify(&out).unwrap();
+    let info = feature_cache::read_features(&out).unwrap();
+    let (dataset, store) = feature_cache::open_features(&info).unwrap();
+    let loaded: Vec<_> =
+        splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &store, s).unwrap()).collect();
+    assert_eq!(loaded, expected);
+    let leftovers: Vec<_> = std::fs::read_dir(store.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
