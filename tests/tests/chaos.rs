@@ -231,7 +231,7 @@ struct Slot {
     logs: PathBuf,
     bin_dir: PathBuf,
     reference: BTreeMap<String, String>,
-    /// Stage name → its seconds in the uninterrupted run (`.stage.json`).
+    /// Stage name → how long its process lived in the uninterrupted run.
     stage_seconds: BTreeMap<String, f64>,
     /// The uninterrupted conductor's wall time.
     wall: Duration,
@@ -266,17 +266,22 @@ impl Slot {
             wall: Duration::ZERO,
         };
         let started = Instant::now();
-        let child = slot.start("reference")?;
+        let mut child = slot.start("reference")?;
+        let lifetimes = watch_stages(&mut child);
         let reference = slot.finish(child, "reference")?;
         slot.wall = started.elapsed();
         slot.reference = digests(&reference.run_dir);
         for target in TARGETS.iter().filter(|t| !t.output.is_empty()) {
+            // Its process's lifetime as seen here; the marker's seconds if it came and went unseen.
             let marker = reference.run_dir.join(target.output).join(".stage.json");
-            let seconds = std::fs::read(&marker)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-                .and_then(|v| v["seconds"].as_f64())
-                .ok_or_else(|| format!("{}: no seconds in the reference run's marker", marker.display()))?;
+            let seconds = lifetimes.get(target.exe).filter(|d| !d.is_zero()).map(Duration::as_secs_f64).or_else(|| {
+                std::fs::read(&marker)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                    .and_then(|v| v["seconds"].as_f64())
+            });
+            let seconds =
+                seconds.ok_or_else(|| format!("{}: no seconds in the reference run's marker", marker.display()))?;
             slot.stage_seconds.insert(target.name.to_owned(), seconds);
         }
         if !slot.reference.contains_key("finetune/model.onnx") {
@@ -508,6 +513,24 @@ fn kill_trial(slot: &Slot, target: &Target, fraction: f64, trial: usize) -> Resu
         Err(e) => problems.push(format!("after killing {} at {:.0}%: {e}", target.name, fraction * 100.0)),
     }
     Ok((landed_while_running, problems))
+}
+
+/// Polls the conductor's children until it ends: each stage executable's
+/// lifetime (first to last sighting).
+fn watch_stages(conductor: &mut Child) -> BTreeMap<&'static str, Duration> {
+    let mut seen: BTreeMap<&'static str, (Instant, Instant)> = BTreeMap::new();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while process::running(conductor.id()) && Instant::now() < deadline {
+        for pid in process::children(conductor.id()) {
+            let comm = process::comm(pid);
+            if let Some(target) = TARGETS.iter().find(|t| !t.exe.is_empty() && comm.as_deref() == Some(t.exe)) {
+                let now = Instant::now();
+                seen.entry(target.exe).and_modify(|(_, last)| *last = now).or_insert((now, now));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    seen.into_iter().map(|(exe, (first, last))| (exe, last - first)).collect()
 }
 
 /// Polls the conductor's children until one runs `exe`; `None` if the
