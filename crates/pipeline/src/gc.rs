@@ -98,10 +98,12 @@ pub fn gc(options: &GcOptions) -> Result<GcReport> {
             kept_features.push(entry.dir.join(FEATURES_FILE));
         }
     }
-    // Other temporary folders and files of dead processes (the demo images' ones).
-    if !options.dry_run {
-        for path in atomic_file::remove_stale_partials(&store_dir, false) {
-            report.removed.push(Removal { bytes: 0, path, what: "leftover" });
+    // Other temporary folders and files of dead processes (the demo
+    // images'); an entry's own were handled above, under its lock.
+    for path in stale_partials_outside_entries(&store_dir) {
+        report.removed.push(Removal { bytes: tree_bytes(&path), path: path.clone(), what: "leftover" });
+        if !options.dry_run {
+            store::remove_path(&path)?;
         }
     }
 
@@ -167,6 +169,22 @@ fn store_entries(store_dir: &Path) -> Result<BTreeSet<String>> {
         }
     }
     Ok(names)
+}
+
+/// Temporary siblings (`.<name>.<pid>.partial`) in the store of processes
+/// that no longer run, other than the stage entries' own.
+fn stale_partials_outside_entries(store_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(store_dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let base = name.trim_start_matches('.').split('.').next().unwrap_or_default().to_owned();
+            let pid = atomic_file::partial_pid(&name);
+            !store::is_entry_name(&base) && pid.is_some_and(|pid| !atomic_file::process_alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The cache's key folders: those holding a `key.json`.
@@ -237,6 +255,8 @@ mod tests {
             std::fs::create_dir_all(&entry.dir).unwrap();
             std::fs::write(entry.dir.join("head.json"), b"12345").unwrap();
         }
+        let stale_demo = store_dir.join(".demo-images-0123456789abcdef.4000001.partial");
+        std::fs::create_dir_all(&stale_demo).unwrap();
         let stale = store_dir.join(format!(".{}.4000001.partial", kept.name()));
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("x"), b"abc").unwrap();
@@ -259,14 +279,17 @@ mod tests {
         let dry = gc(&options).unwrap();
         let listed: BTreeSet<PathBuf> = dry.removed.iter().map(|r| r.path.clone()).collect();
         let expected: BTreeSet<PathBuf> =
-            [unused.dir.clone(), stale.clone(), cache.join("a-key"), cache.join("old-key")].into_iter().collect();
+            [unused.dir.clone(), stale.clone(), stale_demo.clone(), cache.join("a-key"), cache.join("old-key")]
+                .into_iter()
+                .collect();
         assert_eq!(listed, expected);
         assert_eq!(dry.bytes(), 5 + 3 + 2 + 2);
         assert_eq!(dry.busy, std::slice::from_ref(&busy.dir));
         assert!(unused.dir.exists() && stale.exists(), "a dry run removed something");
 
         let done = gc(&GcOptions { dry_run: false, ..options }).unwrap();
-        assert_eq!(done.removed.len(), 4, "{:?}", done.removed);
+        assert_eq!(done.removed.len(), 5, "{:?}", done.removed);
+        assert!(!stale_demo.exists());
         assert!(kept.dir.join("head.json").exists() && busy.dir.exists());
         assert!(!unused.dir.exists() && !stale.exists() && !cache.join("old-key").exists());
         assert!(store_dir.join(".locks").join(format!("{}.lock", unused.name())).exists(), "lock files stay");
