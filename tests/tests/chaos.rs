@@ -433,7 +433,7 @@ const TARGETS: [Target; 5] = [
 fn kill_part(base: &Path, bin_dir: &Path, target: &Target, kills: usize, seed: u64) -> Tally {
     let mut tally = Tally::default();
     let mut counts = [0; 4];
-    let slot = match Slot::new(base, bin_dir, &format!("kill-{}", target.name)) {
+    let mut slot = match Slot::new(base, bin_dir, &format!("kill-{}", target.name)) {
         Ok(slot) => slot,
         Err(e) => {
             tally.kills.insert(target.name.to_owned(), [kills, 0, 0, 0]);
@@ -445,8 +445,16 @@ fn kill_part(base: &Path, bin_dir: &Path, target: &Target, kills: usize, seed: u
     for trial in 0..kills {
         counts[0] += 1;
         match kill_trial(&slot, target, rng.next_f64(), trial) {
-            Ok((landed_while_running, problems)) => {
+            Ok((landed_while_running, lived, problems)) => {
                 counts[if landed_while_running { 2 } else { 3 }] += 1;
+                // It ended before the kill: its lifetime under the load now is the better guess.
+                if let Some(lived) = lived {
+                    if target.exe.is_empty() {
+                        slot.wall = lived;
+                    } else {
+                        slot.stage_seconds.insert(target.name.to_owned(), lived.as_secs_f64());
+                    }
+                }
                 if problems.is_empty() {
                     counts[1] += 1;
                 }
@@ -460,16 +468,22 @@ fn kill_part(base: &Path, bin_dir: &Path, target: &Target, kills: usize, seed: u
 }
 
 /// One kill at `fraction` of the target's usual duration, then the rerun:
-/// whether the kill landed while the target ran, and the problems found.
-fn kill_trial(slot: &Slot, target: &Target, fraction: f64, trial: usize) -> Result<(bool, Vec<String>), String> {
+/// whether the kill landed while the target ran, how long the target lived
+/// if it ended before the kill, and the problems found.
+fn kill_trial(
+    slot: &Slot,
+    target: &Target,
+    fraction: f64,
+    trial: usize,
+) -> Result<(bool, Option<Duration>, Vec<String>), String> {
     slot.wipe()?;
     let tag = format!("kill-{trial}");
     let who = format!("{}/{tag}", slot.name);
     let mut problems = Vec::new();
     let mut conductor = slot.start(&tag)?;
     let conductor_pid = conductor.id();
-    let landed_while_running = if target.exe.is_empty() {
-        std::thread::sleep(slot.wall.mul_f64(fraction));
+    let (landed_while_running, lived) = if target.exe.is_empty() {
+        let lived = sleep_unless_ended(conductor_pid, slot.wall.mul_f64(fraction));
         let stages = process::descendants(conductor_pid);
         let running = process::running(conductor_pid);
         conductor.kill().map_err(|e| format!("{who}: kill: {e}"))?;
@@ -484,7 +498,7 @@ fn kill_trial(slot: &Slot, target: &Target, fraction: f64, trial: usize) -> Resu
             problems.push(format!("{who}: {name} (pid {pid}) outlived the killed conductor by {ORPHAN_GRACE:?}"));
             let _ = process::kill9(pid);
         }
-        running
+        (running, lived)
     } else {
         let Some(stage_pid) = wait_for_stage(&mut conductor, target.exe) else {
             let _ = conductor.kill();
@@ -496,7 +510,7 @@ fn kill_trial(slot: &Slot, target: &Target, fraction: f64, trial: usize) -> Resu
             ));
         };
         let typical = slot.stage_seconds.get(target.name).copied().unwrap_or(0.1);
-        std::thread::sleep(Duration::from_secs_f64(typical * fraction));
+        let lived = sleep_unless_ended(stage_pid, Duration::from_secs_f64(typical * fraction));
         let running = process::running(stage_pid) && process::comm(stage_pid).as_deref() == Some(target.exe);
         let _ = process::kill9(stage_pid);
         // Its conductor fails (or finishes, if the kill came after the stage ended).
@@ -505,14 +519,26 @@ fn kill_trial(slot: &Slot, target: &Target, fraction: f64, trial: usize) -> Resu
             Ok(None) => problems.push(format!("{who}: the conductor did not end after its stage was killed")),
             Err(e) => return Err(format!("{who}: waiting: {e}")),
         }
-        running
+        (running, lived)
     };
     let rerun_tag = format!("rerun-{trial}");
     match slot.start(&rerun_tag).and_then(|child| slot.finish(child, &rerun_tag)) {
         Ok(rerun) => problems.extend(slot.check(&rerun, &rerun_tag)),
         Err(e) => problems.push(format!("after killing {} at {:.0}%: {e}", target.name, fraction * 100.0)),
     }
-    Ok((landed_while_running, problems))
+    Ok((landed_while_running, lived, problems))
+}
+
+/// Sleeps `delay` unless `pid` ends first; then how long it lived since.
+fn sleep_unless_ended(pid: u32, delay: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < delay {
+        if !process::running(pid) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(500).min(delay.saturating_sub(start.elapsed())));
+    }
+    None
 }
 
 /// Polls the conductor's children until it ends: each stage executable's
