@@ -16,7 +16,9 @@
 //!   requirements, wrong types, unknown keys, missing sections, huge
 //!   numbers, NaN means: the conductor (and ingest, for dataset specs) exits
 //!   non-zero with one error line naming the file, and writes nothing
-//!   outside its runs folder, its feature cache and the model cache.
+//!   outside its runs folder, its feature cache and the model cache (all in
+//!   a sandbox with its own $HOME and $TL_CACHE_DIR; ONNX Runtime's own
+//!   device id under $HOME/.cache/Microsoft aside).
 //! - Hostile folder: a FIFO, a link to /dev/zero, a link loop, a dangling
 //!   link, a non-UTF-8 name, a 100000x1 PNG and a PNG declaring 10^9 pixels
 //!   next to good images: ingest finishes within a minute, names each as a
@@ -266,8 +268,8 @@ impl Slot {
             wall: Duration::ZERO,
         };
         let started = Instant::now();
-        let mut child = slot.start("reference")?;
-        let lifetimes = watch_stages(&mut child);
+        let child = slot.start("reference")?;
+        let lifetimes = watch_stages(&child);
         let reference = slot.finish(child, "reference")?;
         slot.wall = started.elapsed();
         slot.reference = digests(&reference.run_dir);
@@ -500,7 +502,7 @@ fn kill_trial(
         }
         (running, lived)
     } else {
-        let Some(stage_pid) = wait_for_stage(&mut conductor, target.exe) else {
+        let Some(stage_pid) = wait_for_stage(&conductor, target.exe) else {
             let _ = conductor.kill();
             let _ = process::wait_with_peak(&mut conductor, RUN_TIMEOUT);
             return Err(format!(
@@ -543,7 +545,7 @@ fn sleep_unless_ended(pid: u32, delay: Duration) -> Option<Duration> {
 
 /// Polls the conductor's children until it ends: each stage executable's
 /// lifetime (first to last sighting).
-fn watch_stages(conductor: &mut Child) -> BTreeMap<&'static str, Duration> {
+fn watch_stages(conductor: &Child) -> BTreeMap<&'static str, Duration> {
     let mut seen: BTreeMap<&'static str, (Instant, Instant)> = BTreeMap::new();
     let deadline = Instant::now() + RUN_TIMEOUT;
     while process::running(conductor.id()) && Instant::now() < deadline {
@@ -561,7 +563,7 @@ fn watch_stages(conductor: &mut Child) -> BTreeMap<&'static str, Duration> {
 
 /// Polls the conductor's children until one runs `exe`; `None` if the
 /// conductor ends (or hangs) first.
-fn wait_for_stage(conductor: &mut Child, exe: &str) -> Option<u32> {
+fn wait_for_stage(conductor: &Child, exe: &str) -> Option<u32> {
     let deadline = Instant::now() + RUN_TIMEOUT;
     while Instant::now() < deadline {
         if let Some(pid) =
