@@ -113,6 +113,9 @@ impl FeatureCache {
         let dir = self.root.join(key.folder_name());
         std::fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
         let lock = shared_lock(&dir)?;
+        // What killed writers left (a segment or key.json half-written);
+        // writers that still run keep theirs.
+        atomic_file::remove_stale_partials(&dir, false);
         // Several processes may create the same new folder: each writes the
         // same key.json through a temporary of its own, renamed into place.
         let key_file = dir.join(KEY_FILE);

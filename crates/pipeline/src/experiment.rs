@@ -158,9 +158,8 @@ impl Experiment {
         if sources.iter().filter(|&&s| s).count() != 1 {
             return Err("[data] needs exactly one of `demo`, `root` or `spec`".into());
         }
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("name {:?} must be letters, digits, `-`, `_` or `.`", self.name));
-        }
+        // The name becomes the run folder's name.
+        spec::names::check_name("name", &self.name)?;
         if !["f32", "f16"].contains(&self.features.dtype.as_str()) {
             return Err(format!("features.dtype {:?} must be f32 or f16", self.features.dtype));
         }
@@ -397,6 +396,10 @@ mod tests {
         let err = parse(&["head.class_weights=[1.0, -1.0, 2.0]"]).unwrap_err();
         assert!(err.contains("class_weights"), "{err}");
         assert!(parse(&["head.class_weights=[1.0, 1.0, 2.0]"]).is_ok(), "the count is the head stage's to check");
+        for name in ["../../x", ".hidden", "a/b"] {
+            let err = parse(&[&format!("name={name:?}")]).unwrap_err();
+            assert!(err.contains("not a safe name"), "{name}: {err}");
+        }
         let err = parse(&["head.epochs.x=1"]).unwrap_err();
         assert!(err.contains("head.epochs"), "{err}");
         let err = parse(&["head.epochs=1", "head.epochs.x=1"]).unwrap_err();

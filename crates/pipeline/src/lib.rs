@@ -44,8 +44,10 @@ pub use stage::{Stage, StageArgs, UnknownStage};
 
 /// Bumped when a stage's command line, settings or output layout changes,
 /// so old store entries are not mistaken for new ones. 2: the settings
-/// tables (`--config`) and typed fingerprints.
-const STAGE_FORMAT: u32 = 2;
+/// tables (`--config`) and typed fingerprints. 3: ingest's stratified
+/// split and stored sizes that never enlarge (old datasets would keep the
+/// old split), features' rejected vectors.
+const STAGE_FORMAT: u32 = 3;
 
 /// How to run.
 #[derive(Clone, Debug)]

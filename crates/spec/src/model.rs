@@ -405,6 +405,10 @@ pub(crate) fn check_preprocess(name: &str, p: &Preprocess, input: &InputSpec) ->
     if p.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || !p.scale.is_finite() || p.scale == 0.0 {
         return Err(format!("model {name}: preprocess std and scale must be finite and non-zero"));
     }
+    // A NaN or infinite mean would turn every pixel, and so every vector, into NaN.
+    if let Some(mean) = p.mean.iter().find(|m| !m.is_finite()) {
+        return Err(format!("model {name}: preprocess mean must be finite, not {mean}"));
+    }
     let r = &p.resize;
     let ok = match (r.shorter_side, r.center_crop, r.exact) {
         (Some(_), Some(crop), None) => crop == input.size,
@@ -458,6 +462,19 @@ mod tests {
         let mut other = spec.clone();
         other.preprocess.color = ColorOrder::Rgb;
         assert_ne!(spec.preprocess_fingerprint(), other.preprocess_fingerprint());
+    }
+
+    #[test]
+    fn preprocessing_numbers_must_be_finite() {
+        for (from, to) in [
+            ("mean = [103.939", "mean = [nan"),
+            ("mean = [103.939", "mean = [inf"),
+            ("std = [1.0", "std = [nan"),
+            ("scale = 1.0", "scale = 0.0"),
+        ] {
+            let err = ModelSpec::from_toml(&SPEC.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains("must be finite"), "{to}: {err}");
+        }
     }
 
     #[test]
