@@ -30,6 +30,7 @@ pub mod output;
 
 use std::path::{Path, PathBuf};
 
+use progress::{Progress, Silent};
 use rayon::prelude::*;
 use runtime::ort;
 use runtime::ort::session::builder::GraphOptimizationLevel;
@@ -47,6 +48,11 @@ pub const FINETUNE_MODEL: &str = "finetune/model.onnx";
 /// Where a run folder keeps the conv base + trained head (every run has
 /// it; the fine-tuned one wins when both exist).
 pub const HEAD_MODEL: &str = "head/model.onnx";
+
+/// How many preprocessed batches may wait for ONNX Runtime in
+/// [`Predictor::predict_each`]: enough to keep it busy, few enough that
+/// memory does not depend on the number of images.
+pub const BATCHES_AHEAD: usize = 2;
 
 /// Everything that stops a prediction run as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -274,28 +280,71 @@ impl Predictor {
     /// Predicts every image, `batch` at a time (decoding in parallel), and
     /// returns one result per path, in order. A file that cannot be read or
     /// decoded is an [`ImageError`] and does not affect the others; so is
-    /// every image of a batch that ONNX Runtime fails on.
+    /// every image of a batch that ONNX Runtime fails on. Holds every
+    /// result: for many images, [`Predictor::predict_each`] streams them.
     pub fn predict_images(&mut self, paths: &[PathBuf], batch: usize) -> Vec<Result<Prediction, ImageError>> {
         let mut results = Vec::with_capacity(paths.len());
-        for chunk in paths.chunks(batch.max(1)) {
-            let prepared: Vec<Result<Vec<f32>, ImageError>> =
-                chunk.par_iter().map(|path| preprocess_path(path, &self.metadata, self.max_pixels)).collect();
-            let good: Vec<&[f32]> = prepared.iter().filter_map(|r| r.as_ref().ok()).map(Vec::as_slice).collect();
-            let mut rows = match self.run(&good) {
-                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
-                Err(reason) => vec![Err(reason); good.len()].into_iter(),
-            };
-            for (path, input) in chunk.iter().zip(prepared) {
-                results.push(match input {
-                    Err(e) => Err(e),
-                    Ok(_) => match rows.next().expect("one row per prepared image") {
-                        Ok(probabilities) => Ok(Prediction { path: path.clone(), probabilities }),
-                        Err(reason) => Err(ImageError::new(path, reason)),
-                    },
-                });
-            }
+        let collected: Result<(), std::convert::Infallible> = self.predict_each(paths, batch, &Silent, |result| {
+            results.push(result);
+            Ok(())
+        });
+        match collected {
+            Ok(()) => results,
+            Err(never) => match never {},
         }
-        results
+    }
+
+    /// Like [`Predictor::predict_images`], but hands each result to `each`
+    /// as soon as its batch has run, in path order, and keeps none: memory
+    /// stays flat however many paths there are. A producer thread reads
+    /// and preprocesses the next batch (in parallel) while ONNX Runtime
+    /// runs the current one; at most [`BATCHES_AHEAD`] prepared batches
+    /// wait between them. `progress` advances by one per image handed
+    /// over. The first error `each` returns stops the run and is returned.
+    pub fn predict_each<E>(
+        &mut self,
+        paths: &[PathBuf],
+        batch: usize,
+        progress: &dyn Progress,
+        mut each: impl FnMut(Result<Prediction, ImageError>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let metadata = self.metadata.clone();
+        let max_pixels = self.max_pixels;
+        let chunks = paths.chunks(batch.max(1));
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Vec<f32>, ImageError>>>(BATCHES_AHEAD);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for chunk in chunks {
+                    let prepared = chunk.par_iter().map(|path| preprocess_path(path, &metadata, max_pixels)).collect();
+                    // The receiver is gone when `each` failed: stop reading.
+                    if sender.send(prepared).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (chunk, prepared) in paths.chunks(batch.max(1)).zip(receiver) {
+                let good: Vec<&[f32]> = prepared.iter().filter_map(|r| r.as_ref().ok()).map(Vec::as_slice).collect();
+                let mut rows = match self.run(&good) {
+                    Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
+                    Err(reason) => vec![Err(reason); good.len()].into_iter(),
+                };
+                drop(good);
+                for (path, input) in chunk.iter().zip(prepared) {
+                    let result = match input {
+                        Err(e) => Err(e),
+                        // `run` gives one row per image or fails for all.
+                        Ok(_) => match rows.next() {
+                            Some(Ok(probabilities)) => Ok(Prediction { path: path.clone(), probabilities }),
+                            Some(Err(reason)) => Err(ImageError::new(path, reason)),
+                            None => Err(ImageError::new(path, "ONNX Runtime returned fewer rows than images")),
+                        },
+                    };
+                    each(result)?;
+                    progress.advance(1);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Runs one batch of preprocessed images (each as [`preprocess_file`]

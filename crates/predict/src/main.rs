@@ -5,12 +5,13 @@
 //! 1 when none could be or the model is unusable, 2 for bad arguments.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use predict::{collect_images, output, Format, Prediction};
+use predict::{collect_images, output, Format, ImageError};
+use progress::Progress;
 
 /// Predict the classes of images with a fine-tuned model.onnx, preprocessing
 /// them as the training images were (EXIF orientation, stored size, the
@@ -76,31 +77,84 @@ fn run(args: &Args) -> Result<ExitCode> {
             args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    let mut predictions: Vec<Prediction> = Vec::with_capacity(files.len());
-    for result in predictor.predict_images(&files, args.batch_size as usize) {
-        match result {
-            Ok(prediction) => predictions.push(prediction),
-            Err(failure) => {
-                eprintln!("{failure}");
-                failures.push(failure);
-            }
-        }
-    }
-    if predictions.is_empty() {
-        bail!("none of the {} image(s) could be predicted", files.len());
-    }
-    let text = output::render(args.format, &predictions, &metadata.class_names, args.top_k as usize);
-    match &args.output {
-        Some(path) => atomic_file::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
+    let progress = progress::Terminal::new();
+    progress.start("predict", files.len() as u64);
+    let written = match &args.output {
+        Some(path) => write_file(path, |out| predict_into(&mut predictor, &files, args, &progress, out))?,
         None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&text).and_then(|()| stdout.flush()).context("cannot write to stdout")?;
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            predict_into(&mut predictor, &files, args, &progress, &mut stdout).context("cannot write to stdout")?
         }
+    };
+    progress.finish();
+    let (predicted, failed) = written;
+    failures.extend(failed);
+    if predicted == 0 {
+        bail!("none of the {} image(s) could be predicted", files.len());
     }
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("predicted {} image(s); {} input(s) failed", predictions.len(), failures.len());
+        eprintln!("predicted {predicted} image(s); {} input(s) failed", failures.len());
         Ok(ExitCode::from(3))
     }
+}
+
+/// Predicts `files` into `out` as it goes, reporting each failure on stderr
+/// as it happens; returns how many were predicted, and the failures. With
+/// none predicted nothing is written to `out`.
+fn predict_into(
+    predictor: &mut predict::Predictor,
+    files: &[PathBuf],
+    args: &Args,
+    progress: &dyn Progress,
+    out: &mut dyn Write,
+) -> std::io::Result<(u64, Vec<ImageError>)> {
+    let class_names = predictor.metadata().class_names.clone();
+    let mut writer = output::Writer::new(args.format, out, &class_names, args.top_k as usize);
+    let mut failures = Vec::new();
+    predictor.predict_each(files, args.batch_size as usize, progress, |result| match result {
+        Ok(prediction) => writer.write(&prediction),
+        Err(failure) => {
+            eprintln!("{failure}");
+            failures.push(failure);
+            Ok(())
+        }
+    })?;
+    let predicted = writer.written();
+    if predicted > 0 {
+        writer.finish()?;
+    }
+    Ok((predicted, failures))
+}
+
+/// Streams into `path`'s temporary sibling ([`atomic_file::partial_path`])
+/// and renames it into place once `fill` is done and something was
+/// predicted; otherwise, or on any error, removes it. First removes the
+/// siblings that killed runs left in the same folder.
+fn write_file(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<(u64, Vec<ImageError>)>,
+) -> Result<(u64, Vec<ImageError>)> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    atomic_file::remove_stale_partials(folder, false);
+    let partial = atomic_file::partial_path(path);
+    let filled = (|| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        let written = fill(&mut file)?;
+        file.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()?;
+        Ok::<_, std::io::Error>(written)
+    })()
+    .with_context(|| format!("cannot write {}", partial.display()));
+    let published = match filled {
+        Ok(written) if written.0 > 0 => atomic_file::rename(&partial, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map(|()| written),
+        other => other,
+    };
+    if !matches!(&published, Ok(written) if written.0 > 0) {
+        let _ = std::fs::remove_file(&partial);
+    }
+    published
 }

@@ -1,7 +1,9 @@
 //! Writing predictions: a human-readable table, CSV (`path,rank,class,probability`)
-//! or JSON (`[{path, top_k: [{class, probability}]}]`), rendered as text;
-//! the binary prints it or writes it with `atomic_file::write`.
+//! or JSON (`[{path, top_k: [{class, probability}]}]`), streamed one
+//! prediction at a time by [`Writer`] (the binary writes into a temporary
+//! sibling renamed into place at the end), or rendered at once by [`render`].
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -103,44 +105,116 @@ fn path_text(path: &Path) -> String {
 /// Renders the top `k` classes of each prediction (`class_names` indexed
 /// by class) in `format`. Probabilities are written to
 /// [`SIGNIFICANT_DIGITS`] significant digits in CSV and JSON (see
-/// [`probability_text`]), to 4 decimals in the table.
+/// [`probability_text`]), to 4 decimals in the table. The same bytes as
+/// [`Writer`] streams.
 pub fn render(format: Format, predictions: &[Prediction], class_names: &[String], k: usize) -> Vec<u8> {
-    match format {
-        Format::Table => render_table(predictions, class_names, k).into_bytes(),
-        Format::Csv => {
-            let mut writer = csv::Writer::from_writer(Vec::new());
-            writer.write_record(["path", "rank", "class", "probability"]).expect("writing to memory");
-            for prediction in predictions {
-                let path = path_text(&prediction.path);
-                for (rank, r) in ranked(prediction, class_names, k).iter().enumerate() {
-                    let record =
-                        [path.clone(), (rank + 1).to_string(), r.class.to_owned(), probability_text(r.probability)];
-                    writer.write_record(&record).expect("writing to memory");
-                }
+    let mut writer = Writer::new(format, Vec::new(), class_names, k);
+    let written = predictions.iter().try_for_each(|p| writer.write(p)).and_then(|()| writer.finish());
+    // Writing to memory cannot fail.
+    written.unwrap_or_default()
+}
+
+/// Writes predictions one at a time, in `format`, to `out`, keeping none:
+/// the bytes are those [`render`] gives for all of them. Nothing is
+/// written before the first prediction (no CSV header, no `[`), so a run
+/// that predicts nothing leaves `out` untouched until [`Writer::finish`].
+pub struct Writer<'a, W: Write> {
+    format: Format,
+    out: W,
+    class_names: &'a [String],
+    k: usize,
+    written: u64,
+    class_width: usize,
+}
+
+impl<'a, W: Write> Writer<'a, W> {
+    pub fn new(format: Format, out: W, class_names: &'a [String], k: usize) -> Writer<'a, W> {
+        Writer {
+            format,
+            out,
+            class_names,
+            k,
+            written: 0,
+            class_width: class_names.iter().map(|c| c.chars().count()).max().unwrap_or(0),
+        }
+    }
+
+    /// How many predictions were written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes one prediction.
+    pub fn write(&mut self, prediction: &Prediction) -> std::io::Result<()> {
+        let first = self.written == 0;
+        self.written += 1;
+        match self.format {
+            Format::Table => {
+                self.raw(render_table_entry(prediction, self.class_names, self.k, self.class_width).as_bytes())
             }
-            writer.into_inner().expect("writing to memory")
+            Format::Csv => {
+                // This prediction's rows, quoted by the csv crate.
+                let mut rows = csv::WriterBuilder::new().buffer_capacity(256).from_writer(Vec::new());
+                if first {
+                    rows.write_record(CSV_HEADER)?;
+                }
+                let path = path_text(&prediction.path);
+                for (rank, r) in ranked(prediction, self.class_names, self.k).iter().enumerate() {
+                    let rank = (rank + 1).to_string();
+                    let probability = probability_text(r.probability);
+                    rows.write_record([path.as_str(), rank.as_str(), r.class, probability.as_str()])?;
+                }
+                let rows = rows.into_inner().map_err(|e| std::io::Error::other(e.error().to_string()))?;
+                self.raw(&rows)
+            }
+            Format::Json => {
+                let entry = JsonPrediction {
+                    path: path_text(&prediction.path),
+                    top_k: ranked(prediction, self.class_names, self.k),
+                };
+                let text = serde_json::to_string_pretty(&entry).map_err(std::io::Error::other)?;
+                // An array element in serde_json's pretty output: one level
+                // deeper (its strings hold no raw newlines: JSON escapes them).
+                let mut element = String::with_capacity(text.len() + 64);
+                element.push_str(if first { "[\n" } else { ",\n" });
+                for (i, line) in text.split('\n').enumerate() {
+                    if i > 0 {
+                        element.push('\n');
+                    }
+                    element.push_str("  ");
+                    element.push_str(line);
+                }
+                self.raw(element.as_bytes())
+            }
         }
-        Format::Json => {
-            let rows: Vec<JsonPrediction> = predictions
-                .iter()
-                .map(|p| JsonPrediction { path: path_text(&p.path), top_k: ranked(p, class_names, k) })
-                .collect();
-            let mut out = serde_json::to_vec_pretty(&rows).expect("predictions serialise");
-            out.push(b'\n');
-            out
+    }
+
+    /// Ends the document (with no predictions: the CSV header alone, or
+    /// `[]`), flushes, and gives back the output.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        match (self.format, self.written) {
+            (Format::Table, _) => {}
+            (Format::Csv, 0) => self.raw(b"path,rank,class,probability\n")?,
+            (Format::Csv, _) => {}
+            (Format::Json, 0) => self.raw(b"[]\n")?,
+            (Format::Json, _) => self.raw(b"\n]\n")?,
         }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
     }
 }
 
-fn render_table(predictions: &[Prediction], class_names: &[String], k: usize) -> String {
-    let width = class_names.iter().map(|c| c.chars().count()).max().unwrap_or(0);
-    let mut out = String::new();
-    for prediction in predictions {
-        out.push_str(&path_text(&prediction.path));
-        out.push('\n');
-        for (rank, r) in ranked(prediction, class_names, k).iter().enumerate() {
-            out.push_str(&format!("  {:>2}. {:<width$}  {:.4}\n", rank + 1, r.class, r.probability));
-        }
+const CSV_HEADER: [&str; 4] = ["path", "rank", "class", "probability"];
+
+fn render_table_entry(prediction: &Prediction, class_names: &[String], k: usize, width: usize) -> String {
+    let mut out = path_text(&prediction.path);
+    out.push('\n');
+    for (rank, r) in ranked(prediction, class_names, k).iter().enumerate() {
+        out.push_str(&format!("  {:>2}. {:<width$}  {:.4}\n", rank + 1, r.class, r.probability));
     }
     out
 }
@@ -177,6 +251,52 @@ mod tests {
         );
         let table = String::from_utf8(render(Format::Table, &predictions, &classes, 3)).unwrap();
         assert!(table.starts_with("a/x.png\n   1. dogs  0.5000\n   2. cats  0.2500\n   3. owls  0.2500\n"), "{table}");
+    }
+
+    /// The whole-array rendering the streamed JSON must equal byte for byte.
+    fn json_at_once(predictions: &[Prediction], class_names: &[String], k: usize) -> Vec<u8> {
+        let rows: Vec<JsonPrediction> = predictions
+            .iter()
+            .map(|p| JsonPrediction { path: path_text(&p.path), top_k: ranked(p, class_names, k) })
+            .collect();
+        let mut out = serde_json::to_vec_pretty(&rows).unwrap();
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn streamed_json_equals_the_pretty_array() {
+        let (mut predictions, classes) = sample();
+        predictions
+            .push(Prediction { path: "odd \"name\"\nwith newline.png".into(), probabilities: vec![0.1, 0.2, 0.7] });
+        for n in 0..=predictions.len() {
+            for k in [1, 3] {
+                let streamed = render(Format::Json, &predictions[..n], &classes, k);
+                assert_eq!(
+                    String::from_utf8(streamed).unwrap(),
+                    String::from_utf8(json_at_once(&predictions[..n], &classes, k)).unwrap(),
+                    "{n} predictions, top {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_writer_writes_nothing_before_the_first_prediction() {
+        let (predictions, classes) = sample();
+        for format in [Format::Table, Format::Csv, Format::Json] {
+            let mut writer = Writer::new(format, Vec::new(), &classes, 2);
+            assert_eq!(writer.out, b"", "{format:?}");
+            writer.write(&predictions[0]).unwrap();
+            assert_eq!(writer.written(), 1);
+            let after_one = writer.out.len();
+            assert!(after_one > 0, "{format:?} writes as it goes");
+            writer.write(&predictions[1]).unwrap();
+            assert!(writer.out.len() > after_one, "{format:?} writes as it goes");
+            assert_eq!(writer.finish().unwrap(), render(format, &predictions, &classes, 2), "{format:?}");
+        }
+        assert_eq!(render(Format::Csv, &[], &classes, 2), b"path,rank,class,probability\n");
+        assert_eq!(render(Format::Table, &[], &classes, 2), b"");
     }
 
     #[test]

@@ -514,3 +514,164 @@ fn new_images_are_bounded_like_training_images() {
     let err = predict::preprocess_file(&strip, &metadata(Some(STORED))).unwrap_err();
     assert!(err.reason.contains("too elongated"), "{}", err.reason);
 }
+
+/// Peak resident memory of a finished child, from `wait4` (this child's
+/// own, not every child's of the test process, as `getrusage` would give:
+/// tests run in parallel threads).
+#[allow(unsafe_code)]
+fn wait_with_peak_rss(child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain old data, for which all-zero bytes are valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals of the types wait4 writes;
+    // the pid is our own unreaped child (`Child` is consumed here, so std
+    // never waits on it).
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    // Linux reports ru_maxrss in KiB.
+    (std::process::ExitStatus::from_raw(status), u64::try_from(usage.ru_maxrss).unwrap() * 1024)
+}
+
+/// A folder of `n` small PNGs (a few distinct images under distinct names).
+fn image_folder(root: &Path, n: usize, pngs: &[Vec<u8>]) -> PathBuf {
+    let folder = root.join(format!("images-{n}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..n {
+        std::fs::write(folder.join(format!("image-{i:05}.png")), &pngs[i % pngs.len()]).unwrap();
+    }
+    folder
+}
+
+/// The memory check: predicting ten times as many images must not
+/// take more memory (results stream to the output file; only paths are held).
+#[test]
+fn memory_does_not_grow_with_the_number_of_images() {
+    const TOP_K: usize = 3;
+    // Measured: 0.4 to 0.8 MiB more for 2,000 (the 1,800 more paths, and
+    // allocator noise). Holding the 1,800 more encoded files (about 5 KB
+    // each) or their model inputs (12 KiB each) would pass it; holding only
+    // their results (about 0.5 MiB here, 30 MiB at 100k images) would not
+    // show at this size.
+    const BOUND_BYTES: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), &metadata(Some(STORED)).to_props());
+    let pngs: Vec<Vec<u8>> = (0..8).map(|i| png(&demo_image(i % CLASSES, (64, 48), i as u64))).collect();
+    let mut peaks = Vec::new();
+    for n in [200, 2000] {
+        let folder = image_folder(dir.path(), n, &pngs);
+        let csv_path = dir.path().join(format!("predictions-{n}.csv"));
+        let child = Command::new(env!("CARGO_BIN_EXE_predict"))
+            .args(["--format", "csv", "--threads", "1", "--top-k", &TOP_K.to_string(), "--model"])
+            .arg(&model)
+            .arg("--output")
+            .arg(&csv_path)
+            .arg(&folder)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (status, peak) = wait_with_peak_rss(child);
+        assert!(status.success(), "{n} images: {status}");
+        let rows = parse_csv(&std::fs::read_to_string(&csv_path).unwrap());
+        assert_eq!(rows.len(), n);
+        assert!(rows.iter().all(|r| r.classes.len() == TOP_K));
+        eprintln!("{n} images: peak RSS {:.1} MiB", peak as f64 / (1 << 20) as f64);
+        peaks.push(peak);
+    }
+    let growth = peaks[1].saturating_sub(peaks[0]);
+    assert!(growth < BOUND_BYTES, "2000 images took {growth} bytes more than 200 (bound {BOUND_BYTES})");
+}
+
+#[test]
+fn streamed_output_is_the_rendering_of_the_library_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), &metadata(Some(STORED)).to_props());
+    let (_, bad) = mixed_folder(dir.path());
+    let images = dir.path().join("images");
+    let out_dir = dir.path().join("out");
+    let (files, _) = predict::collect_images(std::slice::from_ref(&images));
+    let mut predictor = predict::load(&model, 1).unwrap();
+    let class_names = predictor.metadata().class_names.clone();
+    let predictions: Vec<Prediction> = predictor.predict_images(&files, 3).into_iter().filter_map(Result::ok).collect();
+    assert_eq!(predictions.len(), files.len() - 1, "all but {}", bad.display());
+    for (format, name) in
+        [(predict::Format::Table, "table"), (predict::Format::Csv, "csv"), (predict::Format::Json, "json")]
+    {
+        let expected = predict::output::render(format, &predictions, &class_names, 2);
+        let file = out_dir.join(format!("predictions.{name}"));
+        // Batches of 2 and 3: the broken file falls in different batches.
+        for batch in ["2", "3"] {
+            let args: [&dyn AsRef<std::ffi::OsStr>; 9] =
+                [&"--model", &model, &"--format", &name, &"--top-k", &"2", &"--batch-size", &batch, &images];
+            let to_stdout = predict_bin(&args);
+            assert_eq!(to_stdout.status.code(), Some(3), "{}", stderr(&to_stdout));
+            assert_eq!(String::from_utf8_lossy(&to_stdout.stdout), String::from_utf8_lossy(&expected), "{name}");
+            let to_file = predict_bin(&[&args[..], &[&"--output", &file]].concat());
+            assert_eq!(to_file.status.code(), Some(3), "{}", stderr(&to_file));
+            assert!(to_file.stdout.is_empty());
+            assert_eq!(std::fs::read(&file).unwrap(), expected, "{name}");
+        }
+    }
+    let mut left: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["predictions.csv", "predictions.json", "predictions.table"], "no partial file left behind");
+
+    // Nothing predictable: no output file and no partial one.
+    let none = predict_bin(&[&"--model", &model, &"--output", &out_dir.join("none.csv"), &bad]);
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 3, "nothing added");
+}
+
+#[test]
+fn predict_each_streams_in_order_and_stops_at_the_first_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), &metadata(Some(STORED)).to_props());
+    let pngs: Vec<Vec<u8>> = (0..3).map(|i| png(&demo_image(i, (50, 40), i as u64))).collect();
+    let folder = image_folder(dir.path(), 20, &pngs);
+    let (files, _) = predict::collect_images(&[folder]);
+    let mut predictor = predict::load(dir.path(), 1).unwrap();
+    let all = predictor.predict_images(&files, 3);
+    assert_eq!(all.len(), 20);
+
+    let mut seen = Vec::new();
+    let stopped = predictor.predict_each(&files, 3, &progress_count::Counter::default(), |result| {
+        if seen.len() == 7 {
+            return Err("enough");
+        }
+        seen.push(result);
+        Ok(())
+    });
+    assert_eq!(stopped, Err("enough"));
+    assert_eq!(seen, all[..7], "the first results, in path order");
+
+    let counter = progress_count::Counter::default();
+    let mut count = 0;
+    predictor
+        .predict_each(&files, 4, &counter, |_| {
+            count += 1;
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    assert_eq!(count, 20);
+    assert_eq!(counter.done.load(std::sync::atomic::Ordering::Relaxed), 20, "progress advances once per image");
+}
+
+mod progress_count {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts the units a library call reports done.
+    #[derive(Default)]
+    pub struct Counter {
+        pub done: AtomicU64,
+    }
+
+    impl progress::Progress for Counter {
+        fn start(&self, _: &str, _: u64) {}
+        fn advance(&self, n: u64) {
+            self.done.fetch_add(n, Ordering::Relaxed);
+        }
+        fn finish(&self) {}
+    }
+}
