@@ -6,7 +6,8 @@
 //! - [`schema`]: columns and key-value metadata (the Parquet contract).
 //! - [`write`]: one shard series per split, bounded row groups, flat memory.
 //! - [`read`]: [`Dataset::open`], [`Dataset::batches`] (streaming, pixels
-//!   optional), [`Dataset::index`].
+//!   optional), [`Dataset::row_groups`] (read one at a time, in any order),
+//!   [`Dataset::index`].
 
 pub mod read;
 pub mod schema;
@@ -14,5 +15,5 @@ pub mod write;
 
 pub use contracts::dataset::{DatasetInfo, SplitInfo};
 pub use contracts::Split;
-pub use read::{Batches, Dataset, DatasetError, Record};
+pub use read::{Batches, Dataset, DatasetError, Record, RowGroup};
 pub use write::{DatasetWriter, Limits, Row};

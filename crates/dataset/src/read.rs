@@ -113,6 +113,27 @@ impl Dataset {
         }
     }
 
+    /// The row groups of a split, in stored order: the units a reader can
+    /// fetch alone (ingest bounds their rows), so a consumer can visit them
+    /// in any order without reading the split before them.
+    pub fn row_groups(&self, split: Split) -> Result<Vec<RowGroup>, DatasetError> {
+        let mut groups = Vec::new();
+        for shard in &self.info.split(split).shards {
+            let path = self.dir.join(shard);
+            let file = File::open(&path).map_err(|e| DatasetError::io(&path, e))?;
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| DatasetError::parquet(&path, e))?;
+            for (index, group) in builder.metadata().row_groups().iter().enumerate() {
+                let rows = usize::try_from(group.num_rows()).map_err(|_| DatasetError::Invalid {
+                    path: path.clone(),
+                    reason: format!("row group {index} has a negative row count"),
+                })?;
+                groups.push(RowGroup { shard: path.clone(), index, rows, split });
+            }
+        }
+        Ok(groups)
+    }
+
     /// Every record of a split without pixels: ids, labels, sizes.
     pub fn index(&self, split: Split) -> Result<Vec<Record>, DatasetError> {
         let mut out = Vec::with_capacity(self.rows(split));
@@ -120,6 +141,55 @@ impl Dataset {
             out.extend(batch?);
         }
         Ok(out)
+    }
+}
+
+/// One row group of one shard; see [`Dataset::row_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowGroup {
+    pub shard: PathBuf,
+    /// Its position in the shard.
+    pub index: usize,
+    pub rows: usize,
+    pub split: Split,
+}
+
+impl RowGroup {
+    /// Reads this row group's records (pixels included when `with_pixels`).
+    pub fn read(&self, with_pixels: bool) -> Result<Vec<Record>, DatasetError> {
+        let path = &self.shard;
+        let file = File::open(path).map_err(|e| DatasetError::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| DatasetError::parquet(path, e))?;
+        let schema = builder.parquet_schema();
+        let wanted: Vec<usize> =
+            (0..schema.num_columns()).filter(|&i| with_pixels || schema.column(i).name() != col::PIXELS).collect();
+        let mask = ProjectionMask::roots(schema, wanted);
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(vec![self.index])
+            .with_batch_size(self.rows.max(1))
+            .build()
+            .map_err(|e| DatasetError::parquet(path, e))?;
+        let mut records = Vec::with_capacity(self.rows);
+        for batch in reader {
+            let batch = batch.map_err(|e| DatasetError::parquet(path, e.into()))?;
+            records.extend(
+                to_records(&batch, self.split)
+                    .map_err(|reason| DatasetError::Invalid { path: path.clone(), reason })?,
+            );
+        }
+        if records.len() != self.rows {
+            return Err(DatasetError::Invalid {
+                path: path.clone(),
+                reason: format!(
+                    "row group {} holds {} rows, its metadata says {}",
+                    self.index,
+                    records.len(),
+                    self.rows
+                ),
+            });
+        }
+        Ok(records)
     }
 }
 
