@@ -13,6 +13,19 @@ pub struct Batch {
     pub labels: Vec<i64>,
 }
 
+/// How one pass visits a source's examples: shuffled by `(seed, epoch)`,
+/// or in index (stored) order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochOrder {
+    pub seed: u64,
+    /// 1-based for training epochs; evaluation passes use any.
+    pub epoch: usize,
+    pub shuffle: bool,
+}
+
+/// The batches of one pass, in order.
+pub type Batches<'s> = Box<dyn Iterator<Item = Result<Batch>> + 's>;
+
 /// Examples addressed by index. The training loop decides the order (see
 /// [`epoch_order`]), so a run is reproducible and resumable whatever the
 /// source; a source that augments should seed from `epoch` and the indices.
@@ -26,6 +39,15 @@ pub trait BatchSource {
 
     /// The examples at `indices`, in that order.
     fn batch(&mut self, indices: &[usize], epoch: usize) -> Result<Batch>;
+
+    /// One pass in batches of `batch_size` (the last may be smaller): what
+    /// training and evaluation read. By default [`epoch_order`] gathered
+    /// with [`BatchSource::batch`]; a streaming source overrides it.
+    fn batches(&mut self, order: EpochOrder, batch_size: usize) -> Batches<'_> {
+        let indices = epoch_order(self.len(), order.seed, order.epoch, order.shuffle);
+        let chunks: Vec<Vec<usize>> = indices.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        Box::new(chunks.into_iter().map(move |chunk| self.batch(&chunk, order.epoch)))
+    }
 }
 
 /// Examples held in memory: inputs `[N, ...]` and `N` labels.

@@ -30,6 +30,18 @@ pub struct StoredImage {
     pub pixels: Vec<u8>,
 }
 
+impl From<dataset::Record> for StoredImage {
+    fn from(record: dataset::Record) -> StoredImage {
+        StoredImage {
+            content_id: record.content_id,
+            label: i64::from(record.label_index),
+            width: record.stored_width,
+            height: record.stored_height,
+            pixels: record.pixels,
+        }
+    }
+}
+
 /// A split's images, ready to batch.
 #[derive(Clone, Debug)]
 pub struct ImageSource {
@@ -63,13 +75,7 @@ impl ImageSource {
         let mut images = Vec::with_capacity(dataset.rows(split));
         for batch in dataset.batches(split, 256, true) {
             let batch = batch?;
-            images.extend(batch.into_iter().map(|r| StoredImage {
-                content_id: r.content_id,
-                label: i64::from(r.label_index),
-                width: r.stored_width,
-                height: r.stored_height,
-                pixels: r.pixels,
-            }));
+            images.extend(batch.into_iter().map(StoredImage::from));
         }
         ImageSource::new(images, model, augment)
     }
@@ -91,6 +97,26 @@ impl ImageSource {
     pub fn item_shape(&self) -> [usize; 3] {
         let [_, a, b, c] = imaging::preprocess::batch_shape(&self.input, 1);
         [a, b, c]
+    }
+
+    /// `images` prepared (on all cores) as one batch, in that order; the
+    /// source's own images play no part, so a streaming reader uses an
+    /// empty source as its preparer.
+    pub fn prepare_batch(&self, images: &[&StoredImage], epoch: usize) -> Result<Batch> {
+        let item = self.item_shape();
+        let per_image: usize = item.iter().product();
+        let mut values = vec![0f32; images.len() * per_image];
+        values.par_chunks_mut(per_image).zip(images.par_iter()).try_for_each(|(out, image)| {
+            if image.pixels.len() != image.width as usize * image.height as usize * 3 {
+                return Err(image_bytes(image).into());
+            }
+            self.prepare(image, epoch, out)
+        })?;
+        let mut dims = vec![images.len()];
+        dims.extend(item);
+        let inputs = ArrayD::from_shape_vec(IxDyn(&dims), values)
+            .map_err(|source| DataError::Shape { what: "an image batch", source })?;
+        Ok(Batch { inputs, labels: images.iter().map(|image| image.label).collect() })
     }
 
     fn prepare(&self, image: &StoredImage, epoch: usize, out: &mut [f32]) -> Result<()> {
@@ -145,21 +171,10 @@ impl BatchSource for ImageSource {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.images.len()) {
             return Err(DataError::Index { index: bad, len: self.images.len() }.into());
         }
-        let item = self.item_shape();
-        let per_image: usize = item.iter().product();
-        let mut values = vec![0f32; indices.len() * per_image];
-        values
-            .par_chunks_mut(per_image)
-            .zip(indices.par_iter())
-            .try_for_each(|(out, &i)| self.prepare(&self.images[i], epoch, out))?;
-        let mut dims = vec![indices.len()];
-        dims.extend(item);
-        let inputs = ArrayD::from_shape_vec(IxDyn(&dims), values)
-            .map_err(|source| DataError::Shape { what: "an image batch", source })?;
-        Ok(Batch { inputs, labels: indices.iter().map(|&i| self.images[i].label).collect() })
+        let images: Vec<&StoredImage> = indices.iter().map(|&i| &self.images[i]).collect();
+        self.prepare_batch(&images, epoch)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

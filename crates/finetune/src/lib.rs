@@ -15,6 +15,8 @@
 //!   validation, early stopping, best checkpoint, metrics and resume.
 //! - [`export`]: the best checkpoint as `model.onnx` (softmax appended,
 //!   preprocessing in the metadata), checked in ONNX Runtime 1.32.
+//! - [`stream`]: a split's images read per batch from the dataset on a
+//!   producer thread, shuffled by row group and a bounded buffer.
 //! - [`prefix`]: cached-prefix mode (train block 5 + head on precomputed
 //!   block-4 activations).
 //! - [`stage`]: the whole stage, as `finetune train` and `finetune smoke`
@@ -39,12 +41,13 @@ pub mod ort_training;
 pub mod prefix;
 pub mod select;
 pub mod stage;
+pub mod stream;
 pub mod train;
 
 pub use artifacts::{ensure_artifacts, ArtifactRequest, Artifacts, ArtifactsManifest};
 pub use augment::{Augment, CropRange};
 pub use compose::{compose, ComposeError, ComposeOptions, Composed, DenseLayer, HeadInit, LOGITS, PROBABILITIES};
-pub use data::{epoch_order, Batch, BatchSource, InMemory};
+pub use data::{epoch_order, Batch, BatchSource, Batches, EpochOrder, InMemory};
 pub use error::{
     DataError, ExportError, FinetuneError, HeadError, PythonError, Result, RunError, SelectionError, SetupError,
 };
@@ -60,5 +63,6 @@ pub use prefix::{
 };
 pub use select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
 pub use stage::{plan, train_config, DataSource, HeadSource, Hooks, Job, Plan};
+pub use stream::{StreamedImages, READ_AHEAD_BATCHES, SHUFFLE_BUFFER_ROWS};
 pub use train::{train, EpochRecord, RunOptions, RunState, StopReason, TrainConfig, TrainOutcome};
 pub use train_kit::Schedule;

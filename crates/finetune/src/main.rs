@@ -94,6 +94,10 @@ struct TrainArgs {
     /// Delete a previous run in --out that was made with other settings, instead of refusing.
     #[arg(long)]
     restart: bool,
+    /// Rows the shuffle buffer of streamed training images holds (memory
+    /// against randomness; see the README).
+    #[arg(long, default_value_t = finetune::SHUFFLE_BUFFER_ROWS)]
+    shuffle_buffer: usize,
 }
 
 #[derive(Parser)]
@@ -158,6 +162,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         features_cache: args.features_cache,
         allow_random_head: args.allow_random_head,
         restart: args.restart,
+        shuffle_buffer_rows: args.shuffle_buffer,
     };
     let bar = progress::Terminal::new();
     let mut on_epoch = |record: &EpochRecord| {
@@ -227,6 +232,7 @@ fn smoke(args: SmokeArgs) -> anyhow::Result<()> {
         features_cache: None,
         allow_random_head: args.allow_random_head,
         restart: false,
+        shuffle_buffer_rows: finetune::SHUFFLE_BUFFER_ROWS,
     };
     let mut on_epoch = |record: &EpochRecord| {
         match serde_json::to_string(record) {

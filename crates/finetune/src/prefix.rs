@@ -15,7 +15,7 @@ use contracts::features::{CacheKey, Dtype};
 use feature_cache::Store;
 use progress::Progress;
 
-use crate::data::{Batch, BatchSource, InMemory};
+use crate::data::{Batch, BatchSource, Batches, EpochOrder, InMemory};
 use crate::error::{DataError, Result, SelectionError, SetupError};
 use crate::images::ImageSource;
 use crate::infer::Inference;
@@ -144,13 +144,23 @@ impl BatchSource for PrefixSource<'_> {
     /// of the activation memory at batch 32.
     fn batch(&mut self, indices: &[usize], epoch: usize) -> Result<Batch> {
         let batch = self.inner.batch(indices, epoch)?;
-        let parts = batch
-            .inputs
-            .axis_chunks_iter(ndarray::Axis(0), PREFIX_SLICE)
-            .map(|slice| self.runner.run(&slice.to_owned()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Batch { inputs: concatenate(&parts)?, labels: batch.labels })
+        run_prefix(self.runner, batch)
     }
+
+    fn batches(&mut self, order: EpochOrder, batch_size: usize) -> Batches<'_> {
+        let PrefixSource { inner, runner } = self;
+        Box::new(inner.batches(order, batch_size).map(move |batch| run_prefix(runner, batch?)))
+    }
+}
+
+/// `batch` through the prefix, [`PREFIX_SLICE`] examples at a time.
+fn run_prefix(runner: &mut Inference, batch: Batch) -> Result<Batch> {
+    let parts = batch
+        .inputs
+        .axis_chunks_iter(ndarray::Axis(0), PREFIX_SLICE)
+        .map(|slice| runner.run(&slice.to_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Batch { inputs: concatenate(&parts)?, labels: batch.labels })
 }
 
 /// Runs the prefix (as plain inference in ONNX Runtime 1.32) over every

@@ -30,6 +30,7 @@ use progress::Progress;
 use spec::ModelSpec;
 
 use crate::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
+use crate::data::EpochOrder;
 use crate::data::{BatchSource, InMemory};
 use crate::error::{FinetuneError, HeadError, Result, SetupError};
 use crate::images::ImageSource;
@@ -37,6 +38,7 @@ use crate::infer::Inference;
 use crate::ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig};
 use crate::prefix::{PrefixCacheStats, PrefixSource, SplitGraph};
 use crate::select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
+use crate::stream::StreamedImages;
 use crate::train::{EpochRecord, RunOptions, TrainOutcome};
 use crate::{Augment, Schedule, TrainConfig};
 use compose::{compose, ComposeOptions, Composed, DenseLayer, HeadInit};
@@ -68,6 +70,9 @@ pub struct Job {
     /// Deletes a previous run in the output folder instead of resuming it
     /// (or refusing it when its settings differ).
     pub restart: bool,
+    /// Rows in the shuffle buffer of streamed images
+    /// ([`crate::SHUFFLE_BUFFER_ROWS`] by default; see [`crate::stream`]).
+    pub shuffle_buffer_rows: usize,
 }
 
 /// Where the examples come from.
@@ -295,7 +300,7 @@ fn optimizer_kind(optimizer: Optimizer) -> OptimizerKind {
 /// The training examples and the validation ones (none when the split is empty).
 #[allow(clippy::large_enum_variant)] // one value per run, moved once
 enum Sources {
-    Images { train: ImageSource, validation: Option<ImageSource> },
+    Images { train: StreamedImages, validation: Option<StreamedImages> },
     Tensors { train: InMemory },
 }
 
@@ -369,18 +374,28 @@ impl Plan {
 
     fn train_config(&self) -> TrainConfig {
         let source = (&self.augment, self.mode, self.split.as_ref().map(|(s, _)| &s.tensor));
-        // Options, enums and strings: serialising them cannot fail.
-        train_config(&self.job.config, serde_json::to_string(&source).unwrap_or_default())
+        // Options, enums and strings: serialising them cannot fail. A
+        // shuffle buffer other than the default orders large splits
+        // otherwise, so it is part of the run (and kept out of the
+        // default's text, which earlier runs recorded).
+        let source = match self.job.shuffle_buffer_rows {
+            crate::SHUFFLE_BUFFER_ROWS => serde_json::to_string(&source),
+            rows => serde_json::to_string(&(source.0, source.1, source.2, rows)),
+        };
+        train_config(&self.job.config, source.unwrap_or_default())
     }
 
     fn sources(&self) -> Result<Sources> {
         match &self.examples {
             Examples::Dataset { dataset, .. } => {
                 let augment = self.augment.map(|a| (a, self.job.config.seed));
-                let train = ImageSource::from_dataset(dataset, Split::Train, &self.spec, augment)?;
+                let rows = self.job.shuffle_buffer_rows;
+                let train = StreamedImages::open(dataset, Split::Train, &self.spec, augment)?.with_buffer_rows(rows);
                 let validation = match dataset.rows(Split::Validation) {
                     0 => None,
-                    _ => Some(ImageSource::from_dataset(dataset, Split::Validation, &self.spec, None)?),
+                    _ => {
+                        Some(StreamedImages::open(dataset, Split::Validation, &self.spec, None)?.with_buffer_rows(rows))
+                    }
                 };
                 Ok(Sources::Images { train, validation })
             }
@@ -415,7 +430,7 @@ impl Plan {
                 (crate::train(self.ort, &run, &mut train, validation, hooks.on_epoch)?, None)
             }
             (Sources::Images { mut train, validation }, Some((split, _))) => {
-                let (outcome, stats) = self.train_suffix(&run, split, &mut train, validation.as_ref(), hooks)?;
+                let (outcome, stats) = self.train_suffix(&run, split, &mut train, validation.is_some(), hooks)?;
                 (outcome, Some(stats))
             }
         };
@@ -424,13 +439,15 @@ impl Plan {
 
     /// Trains the suffix after the frozen prefix: on prefix activations
     /// computed once and kept in the feature cache (`cached`), or computed
-    /// for every batch (`inference`). Validation activations are always cached.
+    /// for every batch (`inference`, the images streamed). Validation
+    /// activations are always cached; cached activations are computed from
+    /// images held in memory, and kept there.
     fn train_suffix(
         &self,
         run: &RunOptions<'_>,
         split: &SplitGraph,
-        train_images: &mut ImageSource,
-        validation_images: Option<&ImageSource>,
+        train_images: &mut StreamedImages,
+        validation: bool,
         hooks: &mut Hooks<'_>,
     ) -> Result<(TrainOutcome, PrefixCacheStats)> {
         let Examples::Dataset { dataset, .. } = &self.examples else {
@@ -456,13 +473,17 @@ impl Plan {
             };
             Ok(activations)
         };
-        let mut validation = match validation_images {
-            Some(images) => Some(cached(images, &mut runner)?),
-            None => None,
+        let mut validation = match validation {
+            true => {
+                let images = ImageSource::from_dataset(dataset, Split::Validation, &self.spec, None)?;
+                Some(cached(&images, &mut runner)?)
+            }
+            false => None,
         };
         let validation = validation.as_mut().map(|v| v as &mut dyn BatchSource);
         let outcome = if self.mode == PrefixMode::Cached {
-            let mut train = cached(train_images, &mut runner)?;
+            let images = ImageSource::from_dataset(dataset, Split::Train, &self.spec, None)?;
+            let mut train = cached(&images, &mut runner)?;
             (hooks.log)(&format!(
                 "prefix activations: {} from the cache, {} computed ({:.1} s)",
                 stats.hits, stats.computed, stats.seconds
@@ -517,13 +538,13 @@ impl Plan {
         if dataset.rows(Split::Test) == 0 {
             return Ok(None);
         }
-        let mut images = ImageSource::from_dataset(dataset, Split::Test, &self.spec, None)?;
+        let images = StreamedImages::open(dataset, Split::Test, &self.spec, None)?;
         let mut inference = Inference::from_file(model, self.job.threads)?;
-        let indices: Vec<usize> = (0..images.len()).collect();
         let mut rows = Vec::new();
         let mut labels = Vec::new();
-        for chunk in indices.chunks(inference_batch(self.job.config.batch_size)) {
-            let batch = images.batch(chunk, 0)?;
+        let stored_order = EpochOrder { seed: 0, epoch: 0, shuffle: false };
+        for batch in images.stream(stored_order, inference_batch(self.job.config.batch_size)) {
+            let batch = batch?;
             let probabilities = inference.run(&batch.inputs)?;
             rows.extend(probabilities.iter().copied());
             labels.extend(batch.labels.iter().map(|&l| l as usize));

@@ -21,7 +21,7 @@ use progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::Artifacts;
-use crate::data::{epoch_order, BatchSource};
+use crate::data::{BatchSource, Batches, EpochOrder};
 use crate::error::{DataError, FinetuneError, Result, RunError};
 use crate::ort_training::{OrtTraining, SessionConfig, TrainingSession};
 pub use contracts::finetune::{StopReason, TrainConfig};
@@ -336,12 +336,14 @@ impl<'r, 'a> RunFolder<'r, 'a> {
         let (config, progress) = (self.run.config, self.run.progress);
         let started = Instant::now();
         let total_steps = self.steps_per_epoch * config.epochs;
-        let order = epoch_order(train.len(), config.seed, epoch, config.shuffle);
+        let len = train.len();
         let mut totals = Totals::default();
         let mut learning_rate = config.learning_rate;
         let mut input_seconds = 0.0;
         progress.start(&format!("epoch {epoch}/{}", config.epochs), self.steps_per_epoch as u64);
-        for (step, indices) in order.chunks(config.batch_size).enumerate() {
+        let order = EpochOrder { seed: config.seed, epoch, shuffle: config.shuffle };
+        let mut batches = train.batches(order, config.batch_size);
+        for step in 0..self.steps_per_epoch {
             learning_rate = config.schedule.lr(
                 config.learning_rate,
                 self.state.global_step as u64,
@@ -350,9 +352,10 @@ impl<'r, 'a> RunFolder<'r, 'a> {
             );
             session.set_learning_rate(learning_rate)?;
             let fetch = Instant::now();
-            let batch = train.batch(indices, epoch)?;
+            let expected = config.batch_size.min(len - step * config.batch_size);
+            let batch = next_batch(&mut batches, expected)?;
             input_seconds += fetch.elapsed().as_secs_f64();
-            check_batch(&batch, indices.len())?;
+            check_batch(&batch, expected)?;
             let labels = batch.labels.clone();
             let output = session.train_step(batch.inputs, batch.labels)?;
             if !output.loss.is_finite() {
@@ -429,11 +432,13 @@ pub fn evaluate(
     batch_size: usize,
     epoch: usize,
 ) -> Result<EvalTotals> {
-    let indices: Vec<usize> = (0..source.len()).collect();
+    let (len, batch_size) = (source.len(), batch_size.max(1));
     let mut totals = Totals::default();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = source.batch(chunk, epoch)?;
-        check_batch(&batch, chunk.len())?;
+    let mut batches = source.batches(EpochOrder { seed: 0, epoch, shuffle: false }, batch_size);
+    for step in 0..len.div_ceil(batch_size) {
+        let expected = batch_size.min(len - step * batch_size);
+        let batch = next_batch(&mut batches, expected)?;
+        check_batch(&batch, expected)?;
         let labels = batch.labels.clone();
         let output = session.eval_step(batch.inputs, batch.labels)?;
         check_labels(&labels, output.logits.ncols())?;
@@ -471,6 +476,11 @@ impl Totals {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.examples.max(1) as f64
     }
+}
+
+/// The next batch of a pass that should hold `expected` more examples.
+fn next_batch(batches: &mut Batches<'_>, expected: usize) -> Result<crate::data::Batch> {
+    batches.next().unwrap_or_else(|| Err(DataError::BatchSize { expected, shape: Vec::new(), labels: 0 }.into()))
 }
 
 fn check_batch(batch: &crate::data::Batch, expected: usize) -> Result<()> {

@@ -57,6 +57,7 @@ fn fine_tune_top_block(file: &str, real: RealFile) -> (Vec<String>, ModelSpec, o
         features_cache: None,
         allow_random_head: true,
         restart: false,
+        shuffle_buffer_rows: finetune::SHUFFLE_BUFFER_ROWS,
     };
     let lines = std::cell::RefCell::new(Vec::new());
     let log = |line: &str| lines.borrow_mut().push(line.to_owned());
