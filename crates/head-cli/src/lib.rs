@@ -8,13 +8,23 @@ pub mod export;
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use contracts::features::FEATURES_FILE;
 use dataset::{Dataset, Split};
-use feature_cache::{load_split, SplitFeatures, Store};
+use feature_cache::Store;
 use head::io::{self, MetricsLog};
-use head::{BatchSource, HeadConfig, InMemory, TrainedHead};
-use ndarray::{Array2, ArrayViewMut2};
+use head::{BatchSource, HeadConfig, TrainedHead};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// This process's peak resident memory in KiB (Linux `VmHWM`), printed
+/// when the stage ends. Unlike a parent's `wait4` figure (`ru_maxrss`),
+/// which starts from the spawning process's high-water mark, it counts this
+/// program's memory only: a new program starts a new address space.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// The settings in `path` (the `[head]` fields), or the defaults.
 pub fn read_config(path: Option<&Path>) -> Result<HeadConfig> {
@@ -33,11 +43,19 @@ fn open(head_dir: &Path, features_dir: &Path) -> Result<(TrainedHead, Dataset, S
 
 /// Metrics of the head in `head_dir` on one split (top-1 and each of
 /// `top_k`), printed as a table and written as JSON to `out` when given.
-pub fn evaluate(head_dir: &Path, features_dir: &Path, split: Split, top_k: &[usize], out: Option<&Path>) -> Result<()> {
+/// A split over `memory_budget` bytes of embeddings is streamed.
+pub fn evaluate(
+    head_dir: &Path,
+    features_dir: &Path,
+    split: Split,
+    top_k: &[usize],
+    out: Option<&Path>,
+    memory_budget: usize,
+) -> Result<()> {
     let (head, dataset, store) = open(head_dir, features_dir)?;
-    let data = load_split(&dataset, &store, split)?;
-    let report = head.evaluate(data.features.view(), &labels(&data), top_k);
-    println!("{split} split, {} images\n{report}", data.labels.len());
+    let mut rows = SplitRows::open(&dataset, &store, split, head.model.input_dim(), memory_budget)?;
+    let report = head.evaluate_source(&mut rows, top_k).map_err(|e| anyhow!("{split} split: {e}"))?;
+    println!("{split} split, {} images\n{report}", rows.len());
     if let Some(out) = out {
         io::write_report(out, &report)?;
     }
@@ -45,25 +63,55 @@ pub fn evaluate(head_dir: &Path, features_dir: &Path, split: Split, top_k: &[usi
 }
 
 /// The `top_k` classes with probabilities for every row of a split, as CSV
-/// to `out` (standard output when `None`).
-pub fn predict(head_dir: &Path, features_dir: &Path, split: Split, top_k: usize, out: Option<&Path>) -> Result<()> {
+/// to `out` (standard output when `None`), written as the rows are scored:
+/// a split over `memory_budget` bytes of embeddings is streamed.
+pub fn predict(
+    head_dir: &Path,
+    features_dir: &Path,
+    split: Split,
+    top_k: usize,
+    out: Option<&Path>,
+    memory_budget: usize,
+) -> Result<()> {
     let (head, dataset, store) = open(head_dir, features_dir)?;
-    let records = dataset.index(split)?;
-    let data = load_split(&dataset, &store, split)?;
-    let probs = head.predict_proba(data.features.view());
+    let mut rows = SplitRows::open(&dataset, &store, split, head.model.input_dim(), memory_budget)?;
+    let records = rows.take_records();
+    let classes = &head.meta.class_names;
+    let mut score = |w: &mut dyn std::io::Write| -> Result<()> {
+        let mut csv = PredictionWriter::new(w, classes, top_k)?;
+        head.predict_proba_batches(&mut rows, &mut |first, probs| {
+            csv.write(&records[first..first + probs.nrows()], probs)?;
+            Ok(())
+        })
+        .map_err(|e| anyhow!("{split} split: {e}"))?;
+        csv.finish()
+    };
     match out {
-        // Whole or not at all: a killed run leaves no half-written CSV.
+        // Whole or not at all: rows go to a temporary sibling, renamed into
+        // place once complete, so a killed run leaves no half-written CSV.
         Some(path) => {
-            let mut csv = Vec::new();
-            write_predictions(&mut csv, &records, &head.meta.class_names, &probs, top_k)?;
-            atomic_file::write(path, &csv).with_context(|| format!("writing the predictions {}", path.display()))
+            let partial = atomic_file::partial_path(path);
+            let written = write_then_sync(&partial, &mut score);
+            match written.and_then(|()| Ok(atomic_file::rename(&partial, path)?)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    Err(e.context(format!("writing the predictions {}", path.display())))
+                }
+            }
         }
-        None => write_predictions(&mut std::io::stdout().lock(), &records, &head.meta.class_names, &probs, top_k),
+        None => score(&mut std::io::stdout().lock()),
     }
 }
 
-fn labels(data: &SplitFeatures) -> Vec<usize> {
-    data.labels.iter().map(|&l| l as usize).collect()
+/// Runs `write` on a new file at `path`, then flushes and syncs it.
+fn write_then_sync(path: &Path, write: &mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut buffered = std::io::BufWriter::new(file);
+    write(&mut buffered)?;
+    let file =
+        buffered.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", path.display()))
 }
 
 /// Opens the dataset and cache a `features.json` names, checking that they
@@ -86,14 +134,17 @@ fn open_features(dir: &Path, head: &TrainedHead) -> Result<(Dataset, Store)> {
 
 /// Trains on the train split (validation for early stopping) and writes
 /// the head, `metrics.jsonl`, `head.onnx`, the test evaluation and the
-/// checked `model.onnx` into `out`. Train embeddings over `memory_budget`
-/// bytes are streamed from the cache.
+/// checked `model.onnx` into `out`. `memory_budget` bytes is the stage's
+/// one memory setting: train and validation embeddings are loaded while
+/// they fit in it together (train first), the test split while it fits
+/// alone; any other split is streamed from the cache one batch at a time.
+/// Results do not depend on it.
 pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: usize) -> Result<()> {
     let info = feature_cache::read_features(features_dir)?;
     let (dataset, store) = feature_cache::open_features(&info)?;
     eprintln!("{}", info.model.weights_note);
     let classes = info.dataset.classes.clone();
-    let bytes = dataset.rows(Split::Train) * info.embedding_len * 4;
+    let dim = info.embedding_len;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut log = MetricsLog::create(&out.join("metrics.jsonl"))?;
     let mut on_epoch = |record: &train_kit::EpochRecord| {
@@ -102,26 +153,15 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
             eprintln!("warning: could not append to metrics.jsonl: {e}");
         }
     };
-    let validation =
-        (dataset.rows(Split::Validation) > 0).then(|| load_split(&dataset, &store, Split::Validation)).transpose()?;
-    let val_labels = validation.as_ref().map(labels).unwrap_or_default();
-    let mut val_source = validation.as_ref().map(|v| InMemory::new(v.features.view(), &val_labels));
-    let val = val_source.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
     let started = std::time::Instant::now();
-    let head = if bytes <= memory_budget {
-        let train = load_split(&dataset, &store, Split::Train)?;
-        let train_labels = labels(&train);
-        head::train_head(
-            config,
-            &classes,
-            &mut InMemory::new(train.features.view(), &train_labels),
-            val,
-            &mut on_epoch,
-        )?
-    } else {
-        eprintln!("train embeddings take {} MB, over the budget: streaming them from the cache", bytes >> 20);
-        let mut source = CacheSource::new(&dataset, &store, info.embedding_len)?;
-        head::train_head(config, &classes, &mut source, val, &mut on_epoch)?
+    let head = {
+        let mut train = SplitRows::open(&dataset, &store, Split::Train, dim, memory_budget)?;
+        let left = memory_budget.saturating_sub(train.resident_bytes());
+        let mut validation = (dataset.rows(Split::Validation) > 0)
+            .then(|| SplitRows::open(&dataset, &store, Split::Validation, dim, left))
+            .transpose()?;
+        let val = validation.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
+        head::train_head(config, &classes, &mut train, val, &mut on_epoch)?
     };
     let seconds = started.elapsed().as_secs_f64();
     io::save(out, &head)?;
@@ -135,10 +175,10 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
         checked.max_diff
     );
     if dataset.rows(Split::Test) > 0 {
-        let test = load_split(&dataset, &store, Split::Test)?;
-        let report = head.evaluate(test.features.view(), &labels(&test), &[1, 3]);
+        let mut test = SplitRows::open(&dataset, &store, Split::Test, dim, memory_budget)?;
+        let report = head.evaluate_source(&mut test, &[1, 3]).map_err(|e| anyhow!("test split: {e}"))?;
         io::write_report(&out.join("evaluation-test.json"), &report)?;
-        println!("test split, {} images\n{report}", test.labels.len());
+        println!("test split, {} images\n{report}", test.len());
     }
     println!(
         "trained {} epochs in {seconds:.1} s; head in {} (head.safetensors, head.json, head.onnx, model.onnx, metrics.jsonl)",
@@ -148,31 +188,64 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
     Ok(())
 }
 
-/// Training rows read from the feature cache on demand, for embeddings that
-/// do not fit in memory: each batch reads only its own rows.
-struct CacheSource<'s> {
+/// One split's rows for the head: its embeddings loaded when they fit in
+/// the memory budget, else read from the feature cache batch by batch.
+/// Either way the same rows in the same order (the dataset's, less the
+/// rows whose vectors were rejected), so results are identical.
+struct SplitRows<'s> {
     store: &'s Store,
     index: feature_cache::Index,
+    records: Vec<dataset::Record>,
     ids: Vec<String>,
     labels: Vec<usize>,
     dim: usize,
+    /// The split's embeddings when loaded (`rows × dim`).
+    loaded: Option<Array2<f32>>,
 }
 
-impl<'s> CacheSource<'s> {
-    fn new(dataset: &Dataset, store: &'s Store, dim: usize) -> Result<Self> {
+impl<'s> SplitRows<'s> {
+    fn open(dataset: &Dataset, store: &'s Store, split: Split, dim: usize, memory_budget: usize) -> Result<Self> {
         let index = store.scan()?;
-        let records = feature_cache::usable_records(dataset, &index, Split::Train)?;
-        Ok(CacheSource {
-            store,
-            index,
-            ids: records.iter().map(|r| r.content_id.clone()).collect(),
-            labels: records.iter().map(|r| r.label_index as usize).collect(),
-            dim,
-        })
+        let records = feature_cache::usable_records(dataset, &index, split)?;
+        let ids: Vec<String> = records.iter().map(|r| r.content_id.clone()).collect();
+        let labels = records.iter().map(|r| r.label_index as usize).collect();
+        let bytes = ids.len().saturating_mul(dim).saturating_mul(4);
+        let loaded = if bytes <= memory_budget {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            Some(store.read(&index, &refs)?)
+        } else {
+            eprintln!(
+                "{split} embeddings take {} MB, over the memory budget: streaming them from the cache",
+                bytes.div_ceil(1 << 20)
+            );
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let missing = refs.iter().filter(|id| !index.contains(id)).count();
+            if missing > 0 {
+                return Err(feature_cache::CacheError::Missing {
+                    store: store.dir().to_path_buf(),
+                    missing,
+                    wanted: ids.len(),
+                    quarantined: index.quarantined().iter().map(|q| q.to_string()).collect(),
+                }
+                .into());
+            }
+            None
+        };
+        Ok(SplitRows { store, index, records, ids, labels, dim, loaded })
+    }
+
+    /// Bytes of embeddings held in memory (0 when streamed).
+    fn resident_bytes(&self) -> usize {
+        self.loaded.as_ref().map_or(0, |x| x.len() * 4)
+    }
+
+    /// The dataset records of the rows, in row order (taken once).
+    fn take_records(&mut self) -> Vec<dataset::Record> {
+        std::mem::take(&mut self.records)
     }
 }
 
-impl BatchSource<f32> for CacheSource<'_> {
+impl BatchSource<f32> for SplitRows<'_> {
     fn len(&self) -> usize {
         self.ids.len()
     }
@@ -183,36 +256,57 @@ impl BatchSource<f32> for CacheSource<'_> {
         &self.labels
     }
     fn fill(&mut self, indices: &[usize], mut out: ArrayViewMut2<f32>) -> Result<(), head::train::SourceError> {
-        let ids: Vec<&str> = indices.iter().map(|&i| self.ids[i].as_str()).collect();
-        let rows: Array2<f32> = self.store.read(&self.index, &ids)?;
-        out.assign(&rows);
+        match &self.loaded {
+            Some(features) => {
+                for (mut row, &i) in out.rows_mut().into_iter().zip(indices) {
+                    row.assign(&features.row(i));
+                }
+            }
+            None => {
+                let ids: Vec<&str> = indices.iter().map(|&i| self.ids[i].as_str()).collect();
+                out.assign(&self.store.read(&self.index, &ids)?);
+            }
+        }
         Ok(())
     }
 }
 
-fn write_predictions(
-    w: &mut dyn std::io::Write,
-    records: &[dataset::Record],
-    classes: &[String],
-    probs: &Array2<f32>,
-    top_k: usize,
-) -> Result<()> {
-    let k = top_k.clamp(1, classes.len());
-    // The csv writer quotes any field that needs it: paths and class
-    // labels are free text.
-    let mut out = csv::Writer::from_writer(w);
-    let header: Vec<String> = (1..=k).flat_map(|i| [format!("top{i}"), format!("p{i}")]).collect();
-    out.write_record(["content_id", "path", "label"].into_iter().map(str::to_owned).chain(header))?;
-    for (record, row) in records.iter().zip(probs.rows()) {
-        let mut order: Vec<usize> = (0..classes.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let cells = order[..k].iter().flat_map(|&c| [classes[c].clone(), format!("{:.6}", row[c])]);
-        out.write_record(
-            [record.content_id.clone(), record.path.clone(), record.label.clone()].into_iter().chain(cells),
-        )?;
+/// Predictions as CSV, a batch of rows at a time.
+struct PredictionWriter<'w> {
+    csv: csv::Writer<&'w mut dyn std::io::Write>,
+    classes: &'w [String],
+    k: usize,
+}
+
+impl<'w> PredictionWriter<'w> {
+    fn new(w: &'w mut dyn std::io::Write, classes: &'w [String], top_k: usize) -> Result<Self> {
+        let k = top_k.clamp(1, classes.len().max(1));
+        // The csv writer quotes any field that needs it: paths and class
+        // labels are free text.
+        let mut csv = csv::Writer::from_writer(w);
+        let header: Vec<String> = (1..=k).flat_map(|i| [format!("top{i}"), format!("p{i}")]).collect();
+        csv.write_record(["content_id", "path", "label"].into_iter().map(str::to_owned).chain(header))?;
+        Ok(PredictionWriter { csv, classes, k })
     }
-    out.flush()?;
-    Ok(())
+
+    fn write(&mut self, records: &[dataset::Record], probs: ArrayView2<f32>) -> Result<()> {
+        let classes = self.classes;
+        for (record, row) in records.iter().zip(probs.rows()) {
+            let mut order: Vec<usize> = (0..classes.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let cells =
+                order[..self.k.min(order.len())].iter().flat_map(|&c| [classes[c].clone(), format!("{:.6}", row[c])]);
+            self.csv.write_record(
+                [record.content_id.clone(), record.path.clone(), record.label.clone()].into_iter().chain(cells),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.csv.flush()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -237,7 +331,9 @@ mod tests {
         };
         let probs = Array2::from_shape_vec((1, 2), vec![0.75, 0.25]).unwrap();
         let mut csv = Vec::new();
-        write_predictions(&mut csv, std::slice::from_ref(&record), &classes, &probs, 2).unwrap();
+        let mut out = PredictionWriter::new(&mut csv, &classes, 2).unwrap();
+        out.write(std::slice::from_ref(&record), probs.view()).unwrap();
+        out.finish().unwrap();
 
         let mut reader = csv::Reader::from_reader(csv.as_slice());
         let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();

@@ -14,6 +14,12 @@ struct Cli {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// The stage's memory budget for embeddings: a split whose embeddings
+    /// (rows × embedding length × 4 bytes) exceed it is streamed from the
+    /// cache one batch at a time instead of loaded. Results do not depend
+    /// on it.
+    #[arg(long, global = true, default_value_t = 4096)]
+    memory_budget_mb: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,10 +48,6 @@ enum Command {
         hidden: Option<Vec<usize>>,
         #[arg(long)]
         seed: Option<u64>,
-        /// Embeddings larger than this are streamed from the cache instead
-        /// of loaded into memory.
-        #[arg(long, default_value_t = 4096)]
-        memory_budget_mb: usize,
     },
     /// Metrics of a trained head on one split, as a table and JSON.
     Evaluate {
@@ -84,7 +86,12 @@ struct OnSplit {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            if let Some(kib) = head_cli::peak_rss_kib() {
+                eprintln!("peak resident memory: {kib} KiB");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -96,20 +103,21 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
+    let memory_budget = cli.memory_budget_mb.saturating_mul(1 << 20);
     match cli.command {
-        Command::Train { features, out, config, epochs, batch_size, hidden, seed, memory_budget_mb } => {
+        Command::Train { features, out, config, epochs, batch_size, hidden, seed } => {
             let mut config = head_cli::read_config(config.as_deref())?;
             config.epochs = epochs.unwrap_or(config.epochs);
             config.batch_size = batch_size.unwrap_or(config.batch_size);
             config.hidden = hidden.unwrap_or(config.hidden);
             config.seed = seed.unwrap_or(config.seed);
-            head_cli::train(&features, &out, &config, memory_budget_mb << 20)
+            head_cli::train(&features, &out, &config, memory_budget)
         }
         Command::Evaluate { on, top_k, out } => {
-            head_cli::evaluate(&on.head, &on.features, on.split, &top_k, out.as_deref())
+            head_cli::evaluate(&on.head, &on.features, on.split, &top_k, out.as_deref(), memory_budget)
         }
         Command::Predict { on, top_k, out } => {
-            head_cli::predict(&on.head, &on.features, on.split, top_k, out.as_deref())
+            head_cli::predict(&on.head, &on.features, on.split, top_k, out.as_deref(), memory_budget)
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use crate::config::{ClassWeights, ConfigError, HeadConfig};
@@ -324,21 +324,44 @@ fn part<T>(state: &mut [T], span: std::ops::Range<usize>) -> &mut [T] {
     }
 }
 
-/// Rows per forward pass when scoring a whole set.
-const EVAL_BATCH: usize = 256;
+/// Rows per forward pass when scoring a whole set. A constant, not a
+/// function of memory: every scoring path (in memory or streamed) cuts a
+/// set at the same rows, so their results agree bit for bit.
+pub const EVAL_BATCH: usize = 256;
 
-/// Logits for every row of `source`, in row order (`[rows, classes]`).
-pub fn logits_of<T: Scalar>(model: &Mlp<T>, source: &mut dyn BatchSource<T>) -> Result<Array2<T>, SourceError> {
+/// Receives scored rows: the first row's index and the batch's scores
+/// (`[rows, classes]`).
+pub type OnBatch<'a, T> = dyn FnMut(usize, ArrayView2<T>) -> Result<(), SourceError> + 'a;
+
+/// Scores `source` in row order, [`EVAL_BATCH`] rows at a time: `each`
+/// gets the first row's index and the batch's logits (`[rows, classes]`).
+/// Memory holds one batch of embeddings, whatever the set's size.
+pub fn logits_batches<T: Scalar>(
+    model: &Mlp<T>,
+    source: &mut dyn BatchSource<T>,
+    each: &mut OnBatch<T>,
+) -> Result<(), SourceError> {
     let n = source.len();
-    let mut logits = Array2::zeros((n, model.num_classes()));
     let mut buf = Array2::zeros((EVAL_BATCH.min(n), source.dim()));
-    let all: Vec<usize> = (0..n).collect();
-    for (chunk, out) in all.chunks(EVAL_BATCH).zip(logits.axis_chunks_iter_mut(Axis(0), EVAL_BATCH)) {
-        let mut x = buf.slice_mut(s![..chunk.len(), ..]);
-        source.fill(chunk, x.view_mut())?;
-        let mut out = out;
-        out.assign(&model.logits(x.view()));
+    let mut indices = Vec::with_capacity(EVAL_BATCH);
+    for first in (0..n).step_by(EVAL_BATCH) {
+        indices.clear();
+        indices.extend(first..(first + EVAL_BATCH).min(n));
+        let mut x = buf.slice_mut(s![..indices.len(), ..]);
+        source.fill(&indices, x.view_mut())?;
+        each(first, model.logits(x.view()).view())?;
     }
+    Ok(())
+}
+
+/// Logits for every row of `source`, in row order (`[rows, classes]`): the
+/// embeddings pass one batch at a time (see [`logits_batches`]).
+pub fn logits_of<T: Scalar>(model: &Mlp<T>, source: &mut dyn BatchSource<T>) -> Result<Array2<T>, SourceError> {
+    let mut logits = Array2::zeros((source.len(), model.num_classes()));
+    logits_batches(model, source, &mut |first, batch| {
+        logits.slice_mut(s![first..first + batch.nrows(), ..]).assign(&batch);
+        Ok(())
+    })?;
     Ok(logits)
 }
 
