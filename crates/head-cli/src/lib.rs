@@ -154,15 +154,7 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
         }
     };
     let started = std::time::Instant::now();
-    let head = {
-        let mut train = SplitRows::open(&dataset, &store, Split::Train, dim, memory_budget)?;
-        let left = memory_budget.saturating_sub(train.resident_bytes());
-        let mut validation = (dataset.rows(Split::Validation) > 0)
-            .then(|| SplitRows::open(&dataset, &store, Split::Validation, dim, left))
-            .transpose()?;
-        let val = validation.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
-        head::train_head(config, &classes, &mut train, val, &mut on_epoch)?
-    };
+    let head = fit(&dataset, &store, dim, config, &classes, memory_budget, &mut on_epoch)?;
     let seconds = started.elapsed().as_secs_f64();
     io::save(out, &head)?;
     onnx_graph::write_model(&head::onnx_export::to_onnx(&head), out.join("head.onnx"))?;
@@ -186,6 +178,29 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
         out.display()
     );
     Ok(())
+}
+
+/// Trains a head on the train split of `dataset`'s vectors in `store`
+/// (`dim` values each), with the validation split for early stopping when
+/// it has rows. Train embeddings are loaded when they fit `memory_budget`
+/// bytes, validation ones when they fit what train left; otherwise they
+/// are streamed. The result does not depend on the budget.
+pub fn fit(
+    dataset: &Dataset,
+    store: &Store,
+    dim: usize,
+    config: &HeadConfig,
+    classes: &[String],
+    memory_budget: usize,
+    on_epoch: &mut dyn FnMut(&train_kit::EpochRecord),
+) -> Result<TrainedHead> {
+    let mut train = SplitRows::open(dataset, store, Split::Train, dim, memory_budget)?;
+    let left = memory_budget.saturating_sub(train.resident_bytes());
+    let mut validation = (dataset.rows(Split::Validation) > 0)
+        .then(|| SplitRows::open(dataset, store, Split::Validation, dim, left))
+        .transpose()?;
+    let val = validation.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
+    Ok(head::train_head(config, classes, &mut train, val, on_epoch)?)
 }
 
 /// One split's rows for the head: its embeddings loaded when they fit in

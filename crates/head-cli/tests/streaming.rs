@@ -173,6 +173,36 @@ fn streamed_evaluation_and_predictions_equal_the_loaded_ones_bit_for_bit() {
     assert_eq!(partials.count(), 0, "no temporary is left");
 }
 
+/// Training reads train and validation rows through the same sources:
+/// with both streamed, the head, its history (validation metrics included)
+/// and early stopping are those of a run with both loaded, to the bit.
+#[test]
+fn training_with_streamed_train_and_validation_equals_loaded() {
+    let f = fixture(40);
+    let info = feature_cache::read_features(&f.features).unwrap();
+    let (dataset, store) = feature_cache::open_features(&info).unwrap();
+    assert!(dataset.rows(Split::Validation) > 0);
+    let config = head::HeadConfig { hidden: vec![16], epochs: 4, batch_size: 24, dropout: 0.2, ..Default::default() };
+    let classes = dataset.classes().to_vec();
+    let mut fit =
+        |budget: usize| head_cli::fit(&dataset, &store, WIDTH, &config, &classes, budget, &mut |_| {}).unwrap();
+    let loaded = fit(usize::MAX);
+    // Train rows fit, validation rows do not: validation alone streamed.
+    let train_bytes = dataset.rows(Split::Train) * WIDTH * 4;
+    let val_streamed = fit(train_bytes);
+    let streamed = fit(0);
+    let timeless = |h: &head::TrainedHead| {
+        let mut h = h.clone();
+        for r in &mut h.meta.history {
+            (r.seconds, r.train_examples_per_second) = (0.0, 0.0);
+        }
+        h
+    };
+    assert!(loaded.meta.history.iter().all(|r| r.val_loss.is_some()), "validation was used");
+    assert_eq!(timeless(&streamed), timeless(&loaded));
+    assert_eq!(timeless(&val_streamed), timeless(&loaded));
+}
+
 /// Peak resident memory of one `head evaluate` run, in bytes: the
 /// `VmHWM` the binary prints as it ends, a high-water mark kept by the
 /// kernel, so the figure does not depend on when it is read. (Not the
