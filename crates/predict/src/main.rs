@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use predict::{collect_images, output, Format, ImageError};
+use predict::{collect_images, output, Format};
 use progress::Progress;
 
 /// Predict the classes of images with a fine-tuned model.onnx, preprocessing
@@ -67,8 +67,8 @@ fn run(args: &Args) -> Result<ExitCode> {
             spec::META_STORED
         );
     }
-    let (files, mut failures) = collect_images(&args.inputs);
-    for failure in &failures {
+    let (files, unlisted) = collect_images(&args.inputs);
+    for failure in &unlisted {
         eprintln!("{failure}");
     }
     if files.is_empty() {
@@ -88,36 +88,36 @@ fn run(args: &Args) -> Result<ExitCode> {
     };
     progress.finish();
     let (predicted, failed) = written;
-    failures.extend(failed);
+    let failures = unlisted.len() as u64 + failed;
     if predicted == 0 {
         bail!("none of the {} image(s) could be predicted", files.len());
     }
-    if failures.is_empty() {
+    if failures == 0 {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("predicted {predicted} image(s); {} input(s) failed", failures.len());
+        eprintln!("predicted {predicted} image(s); {failures} input(s) failed");
         Ok(ExitCode::from(3))
     }
 }
 
 /// Predicts `files` into `out` as it goes, reporting each failure on stderr
-/// as it happens; returns how many were predicted, and the failures. With
-/// none predicted nothing is written to `out`.
+/// as it happens (keeping none); returns how many were predicted and how
+/// many failed. With none predicted nothing is written to `out`.
 fn predict_into(
     predictor: &mut predict::Predictor,
     files: &[PathBuf],
     args: &Args,
     progress: &dyn Progress,
     out: &mut dyn Write,
-) -> std::io::Result<(u64, Vec<ImageError>)> {
+) -> std::io::Result<(u64, u64)> {
     let class_names = predictor.metadata().class_names.clone();
     let mut writer = output::Writer::new(args.format, out, &class_names, args.top_k as usize);
-    let mut failures = Vec::new();
+    let mut failures = 0;
     predictor.predict_each(files, args.batch_size as usize, progress, |result| match result {
         Ok(prediction) => writer.write(&prediction),
         Err(failure) => {
             eprintln!("{failure}");
-            failures.push(failure);
+            failures += 1;
             Ok(())
         }
     })?;
@@ -132,10 +132,7 @@ fn predict_into(
 /// and renames it into place once `fill` is done and something was
 /// predicted; otherwise, or on any error, removes it. First removes the
 /// siblings that killed runs left in the same folder.
-fn write_file(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<(u64, Vec<ImageError>)>,
-) -> Result<(u64, Vec<ImageError>)> {
+fn write_file(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<(u64, u64)>) -> Result<(u64, u64)> {
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
     atomic_file::remove_stale_partials(folder, false);
