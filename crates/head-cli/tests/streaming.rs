@@ -184,8 +184,7 @@ fn training_with_streamed_train_and_validation_equals_loaded() {
     assert!(dataset.rows(Split::Validation) > 0);
     let config = head::HeadConfig { hidden: vec![16], epochs: 4, batch_size: 24, dropout: 0.2, ..Default::default() };
     let classes = dataset.classes().to_vec();
-    let mut fit =
-        |budget: usize| head_cli::fit(&dataset, &store, WIDTH, &config, &classes, budget, &mut |_| {}).unwrap();
+    let fit = |budget: usize| head_cli::fit(&dataset, &store, WIDTH, &config, &classes, budget, &mut |_| {}).unwrap();
     let loaded = fit(usize::MAX);
     // Train rows fit, validation rows do not: validation alone streamed.
     let train_bytes = dataset.rows(Split::Train) * WIDTH * 4;
