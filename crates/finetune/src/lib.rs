@@ -59,7 +59,7 @@ pub use infer::Inference;
 pub use ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig, StepOutput, TrainingSession};
 pub use prefix::{
     cached_activations, latest_frozen_split, precompute, prefix_cache_key, prefix_item_shape, split_at,
-    suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph,
+    suffix_parameters, PrefixCacheStats, PrefixSource, SplitGraph, StoredActivations,
 };
 pub use select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
 pub use stage::{plan, train_config, DataSource, HeadSource, Hooks, Job, Plan};

@@ -12,12 +12,13 @@ use onnx_graph::proto::{GraphProto, ModelProto};
 use onnx_graph::shape;
 
 use contracts::features::{CacheKey, Dtype};
-use feature_cache::Store;
+use dataset::{Dataset, Split};
+use feature_cache::{Index, Store};
 use progress::Progress;
 
 use crate::data::{Batch, BatchSource, Batches, EpochOrder, InMemory};
 use crate::error::{DataError, Result, SelectionError, SetupError};
-use crate::images::ImageSource;
+use crate::images::{ImageSource, StoredImage};
 use crate::infer::Inference;
 use crate::select::ParameterSplit;
 
@@ -208,52 +209,103 @@ pub fn prefix_cache_key(model_name: &str, prefix: &ModelProto, preprocess_finger
     })
 }
 
-/// The prefix's activations for every image of `source` (unaugmented),
-/// from `store` where present; the missing ones are computed in batches,
-/// committed to the store segment by segment (so an interruption loses at
-/// most one batch), then everything is read back in index order.
-pub fn cached_activations(
-    store: &Store,
-    source: &ImageSource,
+/// The prefix's activations for every image of `split`, kept in `store`:
+/// the missing ones are computed from the images streamed in stored order
+/// (prepared by `preparer`, unaugmented), in batches committed to the
+/// store segment by segment (so an interruption loses at most one batch).
+/// Training then reads them back from the store per batch
+/// ([`StoredActivations`]), so neither the images nor the activations are
+/// held.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_activations<'s>(
+    store: &'s Store,
+    dataset: &Dataset,
+    split: Split,
+    preparer: &ImageSource,
     runner: &mut Inference,
     item_shape: &[usize],
     batch_size: usize,
     progress: &dyn Progress,
-) -> Result<(InMemory, PrefixCacheStats)> {
+) -> Result<(StoredActivations<'s>, PrefixCacheStats)> {
     let started = std::time::Instant::now();
     if item_shape.iter().product::<usize>() != store.key().embedding_len {
         return Err(SetupError::PrefixKey { shape: item_shape.to_vec(), len: store.key().embedding_len }.into());
     }
-    let mut plain = source.without_augmentation();
+    let plain = preparer.without_augmentation();
+    let rows = dataset.index(split)?;
     let index = store.scan()?;
-    let images = source.images();
-    let missing: Vec<usize> = (0..images.len()).filter(|&i| !index.contains(&images[i].content_id)).collect();
-    let stats = PrefixCacheStats { hits: images.len() - missing.len(), computed: missing.len(), seconds: 0.0 };
-    if !missing.is_empty() {
-        progress.start("frozen prefix", missing.len() as u64);
-        for chunk in missing.chunks(batch_size.max(1)) {
-            let batch = plain.batch(chunk, 0)?;
+    let missing = rows.iter().filter(|r| !index.contains(&r.content_id)).count();
+    let stats = PrefixCacheStats { hits: rows.len() - missing, computed: missing, seconds: 0.0 };
+    if missing > 0 {
+        progress.start("frozen prefix", missing as u64);
+        let batch_size = batch_size.max(1);
+        let mut pending: Vec<StoredImage> = Vec::with_capacity(batch_size);
+        let mut compute = |pending: &mut Vec<StoredImage>| -> Result<()> {
+            let images: Vec<&StoredImage> = pending.iter().collect();
+            let batch = plain.prepare_batch(&images, 0)?;
             let activations = runner.run(&batch.inputs)?;
-            let rows = activations.shape()[0];
+            let n = activations.shape()[0];
             let flat = activations
-                .into_shape_with_order((rows, store.key().embedding_len))
+                .into_shape_with_order((n, store.key().embedding_len))
                 .map_err(|source| DataError::Shape { what: "prefix output does not match the cache key", source })?;
-            let ids: Vec<String> = chunk.iter().map(|&i| images[i].content_id.clone()).collect();
+            let ids: Vec<String> = pending.drain(..).map(|image| image.content_id).collect();
             store.append(&ids, flat.view())?;
-            progress.advance(chunk.len() as u64);
+            progress.advance(ids.len() as u64);
+            Ok(())
+        };
+        for records in dataset.batches(split, batch_size, true) {
+            for record in records? {
+                if !index.contains(&record.content_id) {
+                    pending.push(StoredImage::from(record));
+                    if pending.len() == batch_size {
+                        compute(&mut pending)?;
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            compute(&mut pending)?;
         }
         progress.finish();
     }
-    let index = store.scan()?;
-    let ids: Vec<&str> = images.iter().map(|i| i.content_id.as_str()).collect();
-    let flat = store.read(&index, &ids)?;
-    let mut dims = vec![images.len()];
-    dims.extend_from_slice(item_shape);
-    let inputs = flat
-        .into_shape_with_order(IxDyn(&dims))
-        .map_err(|source| DataError::Shape { what: "prefix activations from the cache", source })?;
-    let labels = images.iter().map(|i| i.label).collect();
-    Ok((InMemory::new(inputs, labels)?, PrefixCacheStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
+    let activations = StoredActivations {
+        store,
+        index: store.scan()?,
+        ids: rows.iter().map(|r| r.content_id.clone()).collect(),
+        labels: rows.iter().map(|r| i64::from(r.label_index)).collect(),
+        item_shape: item_shape.to_vec(),
+    };
+    Ok((activations, PrefixCacheStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
+}
+
+/// A split's prefix activations in the feature cache, read per batch: only
+/// ids and labels are held.
+pub struct StoredActivations<'s> {
+    store: &'s Store,
+    index: Index,
+    ids: Vec<String>,
+    labels: Vec<i64>,
+    item_shape: Vec<usize>,
+}
+
+impl BatchSource for StoredActivations<'_> {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn batch(&mut self, indices: &[usize], _epoch: usize) -> Result<Batch> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.ids.len()) {
+            return Err(DataError::Index { index: bad, len: self.ids.len() }.into());
+        }
+        let ids: Vec<&str> = indices.iter().map(|&i| self.ids[i].as_str()).collect();
+        let flat = self.store.read(&self.index, &ids)?;
+        let mut dims = vec![indices.len()];
+        dims.extend_from_slice(&self.item_shape);
+        let inputs = flat
+            .into_shape_with_order(IxDyn(&dims))
+            .map_err(|source| DataError::Shape { what: "prefix activations from the cache", source })?;
+        Ok(Batch { inputs, labels: indices.iter().map(|&i| self.labels[i]).collect() })
+    }
 }
 
 /// The shape of one example's prefix output (all but the batch axis),

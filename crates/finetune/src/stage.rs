@@ -36,7 +36,7 @@ use crate::error::{FinetuneError, HeadError, Result, SetupError};
 use crate::images::ImageSource;
 use crate::infer::Inference;
 use crate::ort_training::{Loss, OptimizerKind, OrtTraining, SessionConfig};
-use crate::prefix::{PrefixCacheStats, PrefixSource, SplitGraph};
+use crate::prefix::{PrefixCacheStats, PrefixSource, SplitGraph, StoredActivations};
 use crate::select::{apply_batch_norm, select_parameters, ParameterSplit, Unfreeze};
 use crate::stream::StreamedImages;
 use crate::train::{EpochRecord, RunOptions, TrainOutcome};
@@ -440,8 +440,8 @@ impl Plan {
     /// Trains the suffix after the frozen prefix: on prefix activations
     /// computed once and kept in the feature cache (`cached`), or computed
     /// for every batch (`inference`, the images streamed). Validation
-    /// activations are always cached; cached activations are computed from
-    /// images held in memory, and kept there.
+    /// activations are always cached; cached ones are computed from
+    /// streamed images and read back from the cache per batch.
     fn train_suffix(
         &self,
         run: &RunOptions<'_>,
@@ -464,8 +464,10 @@ impl Plan {
         let mut runner = Inference::from_model(&split.prefix, self.job.threads)?;
         let mut stats = PrefixCacheStats::default();
         let (batch, progress) = (inference_batch(self.job.config.batch_size), hooks.progress);
-        let mut cached = |source: &ImageSource, runner: &mut Inference| -> Result<InMemory> {
-            let (activations, s) = crate::cached_activations(&store, source, runner, &item_shape, batch, progress)?;
+        let preparer = ImageSource::new(Vec::new(), &self.spec, None)?;
+        let mut cached = |split: Split, runner: &mut Inference| -> Result<StoredActivations<'_>> {
+            let (activations, s) =
+                crate::cached_activations(&store, dataset, split, &preparer, runner, &item_shape, batch, progress)?;
             stats = PrefixCacheStats {
                 hits: stats.hits + s.hits,
                 computed: stats.computed + s.computed,
@@ -474,16 +476,12 @@ impl Plan {
             Ok(activations)
         };
         let mut validation = match validation {
-            true => {
-                let images = ImageSource::from_dataset(dataset, Split::Validation, &self.spec, None)?;
-                Some(cached(&images, &mut runner)?)
-            }
+            true => Some(cached(Split::Validation, &mut runner)?),
             false => None,
         };
         let validation = validation.as_mut().map(|v| v as &mut dyn BatchSource);
         let outcome = if self.mode == PrefixMode::Cached {
-            let images = ImageSource::from_dataset(dataset, Split::Train, &self.spec, None)?;
-            let mut train = cached(&images, &mut runner)?;
+            let mut train = cached(Split::Train, &mut runner)?;
             (hooks.log)(&format!(
                 "prefix activations: {} from the cache, {} computed ({:.1} s)",
                 stats.hits, stats.computed, stats.seconds
