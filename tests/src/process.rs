@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug)]
 pub struct Finished {
     pub status: ExitStatus,
-    /// The child's maximum resident set size (the kernel's `ru_maxrss`).
+    /// The kernel's `ru_maxrss` for the child: an upper bound of its peak
+    /// resident memory, not the peak itself, since Linux starts it from
+    /// this process's size at the spawn (see `progress::memory`; the stages
+    /// print their own, read with `progress::parse_peak`).
     pub max_rss_bytes: u64,
     pub wall: Duration,
 }
 
 /// Waits for `child` at most `timeout`; on timeout kills it (SIGKILL), reaps
-/// it and returns `None`. Reaps with `wait4`, which reports this child's own
-/// peak memory (not the whole test process's children, as `getrusage`
+/// it and returns `None`. Reaps with `wait4`, which reports this child's
+/// `ru_maxrss` (not the whole test process's children's, as `getrusage`
 /// would: tests run in parallel threads).
 pub fn wait_with_peak(child: &mut Child, timeout: Duration) -> std::io::Result<Option<Finished>> {
     let started = Instant::now();

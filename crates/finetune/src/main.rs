@@ -138,10 +138,14 @@ struct SmokeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Train(args) => train(args),
         Command::Smoke(args) => smoke(args),
+    };
+    if result.is_ok() {
+        progress::report_peak();
     }
+    result
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {

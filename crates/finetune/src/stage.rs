@@ -615,8 +615,5 @@ fn inference_batch(training_batch: usize) -> usize {
 
 /// This process's peak resident memory (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    progress::peak_resident_kib().map(|kib| kib as f64 / 1024.0)
 }

@@ -16,16 +16,6 @@ use head::io::{self, MetricsLog};
 use head::{BatchSource, HeadConfig, TrainedHead};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
-/// This process's peak resident memory in KiB (Linux `VmHWM`), printed
-/// when the stage ends. Unlike a parent's `wait4` figure (`ru_maxrss`),
-/// which starts from the spawning process's high-water mark, it counts this
-/// program's memory only: a new program starts a new address space.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The settings in `path` (the `[head]` fields), or the defaults.
 pub fn read_config(path: Option<&Path>) -> Result<HeadConfig> {
     let Some(path) = path else { return Ok(HeadConfig::default()) };

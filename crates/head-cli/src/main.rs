@@ -87,9 +87,7 @@ struct OnSplit {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => {
-            if let Some(kib) = head_cli::peak_rss_kib() {
-                eprintln!("peak resident memory: {kib} KiB");
-            }
+            progress::report_peak();
             ExitCode::SUCCESS
         }
         Err(e) => {

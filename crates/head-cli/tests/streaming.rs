@@ -210,8 +210,7 @@ fn training_with_streamed_train_and_validation_equals_loaded() {
 /// child's own: every run read the same 45 MB.)
 fn peak_rss(f: &Fixture, budget_mb: usize) -> u64 {
     let stderr = run(head(f, "evaluate", budget_mb, &f.root.join(format!("eval-{budget_mb}.json"))));
-    let line = stderr.lines().find_map(|l| l.strip_prefix("peak resident memory: "));
-    let kib: u64 = line.and_then(|l| l.strip_suffix(" KiB")?.parse().ok()).unwrap_or_else(|| panic!("{stderr}"));
+    let kib = progress::parse_peak(&stderr).unwrap_or_else(|| panic!("{stderr}"));
     kib << 10
 }
 

@@ -189,7 +189,10 @@ fn print_class_counts(info: &contracts::dataset::DatasetInfo) {
 
 fn main() -> ExitCode {
     match run(Args::parse()) {
-        Ok(code) => code,
+        Ok(code) => {
+            progress::report_peak();
+            code
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

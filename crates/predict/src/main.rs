@@ -48,7 +48,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(code) => code,
+        Ok(code) => {
+            progress::report_peak();
+            code
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

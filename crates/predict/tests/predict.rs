@@ -515,24 +515,6 @@ fn new_images_are_bounded_like_training_images() {
     assert!(err.reason.contains("too elongated"), "{}", err.reason);
 }
 
-/// Peak resident memory of a finished child, from `wait4` (this child's
-/// own, not every child's of the test process, as `getrusage` would give:
-/// tests run in parallel threads).
-#[allow(unsafe_code)]
-fn wait_with_peak_rss(child: std::process::Child) -> (std::process::ExitStatus, u64) {
-    use std::os::unix::process::ExitStatusExt;
-    let mut status: libc::c_int = 0;
-    // SAFETY: `rusage` is plain old data, for which all-zero bytes are valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are to live locals of the types wait4 writes;
-    // the pid is our own unreaped child (`Child` is consumed here, so std
-    // never waits on it).
-    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
-    // Linux reports ru_maxrss in KiB.
-    (std::process::ExitStatus::from_raw(status), u64::try_from(usage.ru_maxrss).unwrap() * 1024)
-}
-
 /// A folder of `n` small PNGs (a few distinct images under distinct names).
 fn image_folder(root: &Path, n: usize, pngs: &[Vec<u8>]) -> PathBuf {
     let folder = root.join(format!("images-{n}"));
@@ -561,18 +543,19 @@ fn memory_does_not_grow_with_the_number_of_images() {
     for n in [200, 2000] {
         let folder = image_folder(dir.path(), n, &pngs);
         let csv_path = dir.path().join(format!("predictions-{n}.csv"));
-        let child = Command::new(env!("CARGO_BIN_EXE_predict"))
+        let output = Command::new(env!("CARGO_BIN_EXE_predict"))
             .args(["--format", "csv", "--threads", "1", "--top-k", &TOP_K.to_string(), "--model"])
             .arg(&model)
             .arg("--output")
             .arg(&csv_path)
             .arg(&folder)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+            .output()
             .unwrap();
-        let (status, peak) = wait_with_peak_rss(child);
-        assert!(status.success(), "{n} images: {status}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{n} images: {}\n{stderr}", output.status);
+        // The binary's own VmHWM: a parent's wait4 figure would start from
+        // this test process's size (see progress::memory).
+        let peak = progress::parse_peak(&stderr).unwrap_or_else(|| panic!("no peak memory line:\n{stderr}")) << 10;
         let rows = parse_csv(&std::fs::read_to_string(&csv_path).unwrap());
         assert_eq!(rows.len(), n);
         assert!(rows.iter().all(|r| r.classes.len() == TOP_K));

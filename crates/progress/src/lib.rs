@@ -4,6 +4,10 @@
 //! Binaries pass a [`Terminal`], which draws a bar when standard error is a
 //! terminal and prints plain, sparse lines when it is not (CI logs, pipes).
 
+mod memory;
+
+pub use memory::{parse_peak, peak_resident_kib, report_peak, PEAK_PREFIX};
+
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
