@@ -11,7 +11,7 @@ use crate::util;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only these benchmarks (default: all). Known: ingest, features, head, finetune.
+    /// Only these benchmarks (default: all). Known: ingest, features, head, finetune, scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Images in the ingest benchmark.
@@ -20,6 +20,12 @@ pub struct Args {
     /// Skip the Python baselines (no venv needed).
     #[arg(long)]
     no_python: bool,
+    /// Dataset sizes of the scale benchmark.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 50000])]
+    scale_sizes: Vec<usize>,
+    /// The scale benchmark also fine-tunes VGG16 (224x224) on its smallest dataset.
+    #[arg(long)]
+    scale_vgg16: bool,
 }
 
 const BENCH_DIR: &str = "target/bench";
@@ -38,6 +44,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted("finetune") {
         write_section("finetune", &crate::bench_finetune::run()?)?;
+    }
+    if wanted("scale") {
+        let (scale, vgg16) = crate::bench_scale::run(&args.scale_sizes, args.scale_vgg16)?;
+        write_section("scale", &scale)?;
+        if let Some(vgg16) = vgg16 {
+            write_section("scale-vgg16", &vgg16)?;
+        }
     }
     println!("updated BENCHMARKS.md");
     Ok(())

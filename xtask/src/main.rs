@@ -18,6 +18,7 @@
 mod bench;
 mod bench_features;
 mod bench_finetune;
+mod bench_scale;
 mod chaos;
 mod fetch_model;
 mod inspect_model;
