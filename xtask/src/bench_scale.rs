@@ -65,7 +65,8 @@ pub fn run(sizes: &[usize], vgg16: bool) -> Result<(String, Option<String>)> {
         let run = one_size(&root, &bins, &dir, n)?;
         print_size(&run);
         if vgg16 && n == smallest && vgg16_run.is_none() {
-            vgg16_run = Some(finetune_vgg16(&root, &bins, &dir, n)?);
+            // A failure here is reported in its section, not fatal for the table.
+            vgg16_run = Some((n, finetune_vgg16(&root, &bins, &dir)));
         }
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         runs.push(run);
@@ -162,7 +163,7 @@ fn stage(cmd: &mut Command) -> Result<StageRun> {
 
 /// VGG16 (random weights, 224×224) fine-tuned for one epoch on `dir`'s
 /// dataset from a seeded random head: its peak memory is what matters.
-fn finetune_vgg16(root: &Path, bins: &Path, dir: &Path, n: usize) -> Result<(usize, StageRun)> {
+fn finetune_vgg16(root: &Path, bins: &Path, dir: &Path) -> Result<StageRun> {
     let run = stage(
         Command::new(bins.join("finetune"))
             .current_dir(root)
@@ -175,8 +176,8 @@ fn finetune_vgg16(root: &Path, bins: &Path, dir: &Path, n: usize) -> Result<(usi
             .arg("--out")
             .arg(dir.join("finetune-vgg16")),
     )?;
-    eprintln!("finetune VGG16, {n} images: {:.1} s, peak {} MiB", run.seconds, run.peak_kib >> 10);
-    Ok((n, run))
+    eprintln!("finetune VGG16: {:.1} s, peak {} MiB", run.seconds, run.peak_kib >> 10);
+    Ok(run)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -235,16 +236,22 @@ fn markdown(runs: &[SizeRun]) -> String {
     md
 }
 
-fn vgg16_markdown(n: usize, run: &StageRun) -> String {
-    format!(
-        "### Scale: fine-tuning VGG16\n\n`cargo xtask bench --only scale --scale-vgg16`: `finetune train --model \
-         {VGG16} --allow-random-head --epochs 1 --batch-size 32` (generated VGG16, random weights, 224×224 input; \
-         default settings otherwise: augmentation on, so the frozen prefix runs as inference, block 5 + head train) \
-         on the scale benchmark's N = {n} dataset (stored at shorter side {STORED_SHORTER_SIDE}, enlarged to the \
-         network's input by preprocessing): {:.1} s, peak resident memory **{:.0} MiB** ({}).\n\nMachine: {}.\n",
-        run.seconds,
-        mib(run.peak_kib),
-        if run.peak_kib as f64 * 1024.0 < 3e9 { "under the 3 GB bound" } else { "**over the 3 GB bound**" },
-        crate::bench::machine()
-    )
+fn vgg16_markdown(n: usize, run: &Result<StageRun>) -> String {
+    let command = format!(
+        "`cargo xtask bench --only scale --scale-vgg16`: `finetune train --model {VGG16} --allow-random-head \
+         --epochs 1 --batch-size 32` (generated VGG16, random weights, 224×224 input; default settings otherwise: \
+         augmentation on, so the frozen prefix runs as inference, block 5 + head train) on the scale benchmark's \
+         N = {n} dataset (stored at shorter side {STORED_SHORTER_SIDE}, enlarged to the network's input by \
+         preprocessing)"
+    );
+    let result = match run {
+        Ok(run) => format!(
+            "{:.1} s, peak resident memory **{:.0} MiB** ({}).",
+            run.seconds,
+            mib(run.peak_kib),
+            if run.peak_kib as f64 * 1024.0 < 3e9 { "under the 3 GB bound" } else { "**over the 3 GB bound**" },
+        ),
+        Err(e) => format!("it failed: {e:#}."),
+    };
+    format!("### Scale: fine-tuning VGG16\n\n{command}: {result}\n\nMachine: {}.\n", crate::bench::machine())
 }
