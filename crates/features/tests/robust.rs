@@ -307,6 +307,19 @@ fn compaction_skips_while_another_store_is_open_and_runs_alone() {
     assert!(!stale.exists());
 }
 
+/// The vectors of every split with rows, from a lone extraction into its
+/// own cache at `cache`: what runs that raced or were killed must give.
+fn lone_run_vectors(
+    cache: &Path,
+    dataset: &Dataset,
+    model: &models::ResolvedModel,
+) -> Vec<feature_cache::SplitFeatures> {
+    let cache = FeatureCache::open(cache).unwrap();
+    let summary = extract(dataset, model, &cache, &ExtractOptions::default(), &progress::Silent).unwrap();
+    let store = cache.store(&summary.key).unwrap();
+    splits_with_rows(dataset).into_iter().map(|s| load_split(dataset, &store, s).unwrap()).collect()
+}
+
 /// The binary, with its model cache in `dir/models`.
 fn features_binary(dir: &Path) -> Command {
     let library = runtime::ort_library().unwrap_or_else(|e| panic!("ONNX Runtime is needed for this test: {e}"));
@@ -321,11 +334,7 @@ fn two_processes_on_one_cache_both_succeed_with_the_same_vectors() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = demo_dataset(dir.path(), 5, 45);
     let model = resolve(&tiny_spec(), &dir.path().join("models"));
-    let reference_cache = FeatureCache::open(&dir.path().join("reference")).unwrap();
-    let reference = extract(&dataset, &model, &reference_cache, &ExtractOptions::default(), &progress::Silent).unwrap();
-    let reference_store = reference_cache.store(&reference.key).unwrap();
-    let expected: Vec<_> =
-        splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &reference_store, s).unwrap()).collect();
+    let expected = lone_run_vectors(&dir.path().join("reference"), &dataset, &model);
 
     for round in 0..3 {
         let cache = dir.path().join(format!("cache-{round}"));
@@ -410,11 +419,7 @@ fn killed_at_any_instant_then_rerun_gives_the_vectors_of_a_lone_run() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = demo_dataset(dir.path(), 15, 47);
     let model = resolve(&tiny_spec(), &dir.path().join("models"));
-    let reference_cache = FeatureCache::open(&dir.path().join("reference")).unwrap();
-    let reference = extract(&dataset, &model, &reference_cache, &ExtractOptions::default(), &progress::Silent).unwrap();
-    let reference_store = reference_cache.store(&reference.key).unwrap();
-    let expected: Vec<_> =
-        splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &reference_store, s).unwrap()).collect();
+    let expected = lone_run_vectors(&dir.path().join("reference"), &dataset, &model);
 
     let cache = dir.path().join("cache");
     let out = dir.path().join("out");
