@@ -276,3 +276,31 @@ fn vgg16_markdown(n: usize, run: &Result<(StageRun, Option<f64>)>) -> String {
     };
     format!("### Scale: fine-tuning VGG16\n\n{command}: {result}\n\nMachine: {}.\n", crate::bench::machine())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(images: usize, peaks_kib: [u64; 5]) -> SizeRun {
+        let stages = peaks_kib.iter().map(|&peak_kib| StageRun { seconds: 2.0, peak_kib }).collect();
+        SizeRun { images, generate_seconds: 0.0, stages }
+    }
+
+    #[test]
+    fn the_table_judges_each_stage_by_its_largest_over_smallest_peak() {
+        let md = markdown(&[
+            size(1000, [10240, 10240, 10240, 10240, 10240]),
+            size(5000, [11776, 11777, 10240, 20480, 5120]),
+        ]);
+        let row = |stage: &str| md.lines().find(|l| l.starts_with(&format!("| `{stage}` |"))).unwrap().to_string();
+        // 11,776 / 10,240 is exactly 1.15: still within; one KiB more is not.
+        assert!(row("ingest").ends_with("| 1.150 | pass | 384 |"), "{}", row("ingest"));
+        assert!(row("features").contains("| **fail** |"), "{}", row("features"));
+        assert!(row("head train").ends_with("| 1.000 | pass | 0 |"), "{}", row("head train"));
+        assert!(row("head train --memory-budget-mb 0").contains("| 2.000 | **fail** | 2560 |"));
+        // Less memory at the larger size passes, with negative growth.
+        assert!(row("finetune train").ends_with("| 0.500 | pass | -1280 |"), "{}", row("finetune train"));
+        // Seconds, images/s and MiB per cell.
+        assert!(row("ingest").contains("| 2.0 · 500 · 10.0 | 2.0 · 2500 · 11.5 |"), "{}", row("ingest"));
+    }
+}
