@@ -55,7 +55,7 @@ impl GcReport {
 pub fn gc(options: &GcOptions) -> Result<GcReport> {
     let mut report = GcReport::default();
     let store_dir = options.runs_root.join(".store");
-    let runs = run_folders(&options.runs_root)?;
+    let runs = folders_holding(&options.runs_root, RUN_FILE)?;
     let mut referenced = BTreeSet::new();
     for run in &runs {
         match contracts::read::<RunRecord>(&run.join(RUN_FILE)) {
@@ -119,14 +119,13 @@ pub fn gc(options: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    for key_dir in cache_key_folders(&cache)? {
+    for key_dir in folders_holding(&cache, feature_cache::KEY_FILE)? {
         let name = key_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if used_keys.contains(&name) {
             continue;
         }
-        // The feature cache's convention: `<root>/.locks/<key folder>.lock`, shared while in use.
-        let lock = cache.join(".locks").join(format!("{name}.lock"));
-        let Some(_lock) = Lock::try_exclusive(&lock)? else {
+        // Shared by each process using the key folder.
+        let Some(_lock) = Lock::try_exclusive(&feature_cache::lock_path(&key_dir))? else {
             report.busy.push(key_dir);
             continue;
         };
@@ -138,19 +137,19 @@ pub fn gc(options: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// The run folders under `root` (not hidden; holding a `run.json` or not).
-fn run_folders(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut runs = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(runs) };
+/// The folders under `dir`, not hidden, that hold a file named `file`, sorted.
+fn folders_holding(dir: &Path, file: &str) -> Result<Vec<PathBuf>> {
+    let mut folders = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(folders) };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !hidden && entry.path().join(RUN_FILE).is_file() {
-            runs.push(entry.path());
+        if !hidden && entry.path().join(file).is_file() {
+            folders.push(entry.path());
         }
     }
-    runs.sort();
-    Ok(runs)
+    folders.sort();
+    Ok(folders)
 }
 
 /// The names of the stage entries in the store, published or only left
@@ -185,21 +184,6 @@ fn stale_partials_outside_entries(store_dir: &Path) -> Vec<PathBuf> {
         })
         .map(|e| e.path())
         .collect()
-}
-
-/// The cache's key folders: those holding a `key.json`.
-fn cache_key_folders(cache: &Path) -> Result<Vec<PathBuf>> {
-    let mut folders = Vec::new();
-    let Ok(entries) = std::fs::read_dir(cache) else { return Ok(folders) };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", cache.display()))?;
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !hidden && entry.path().join("key.json").is_file() {
-            folders.push(entry.path());
-        }
-    }
-    folders.sort();
-    Ok(folders)
 }
 
 /// The bytes of the regular files below `path` (or of the file).
