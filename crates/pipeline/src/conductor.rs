@@ -136,9 +136,7 @@ impl<'a> Conductor<'a> {
         if let Some(marker) = store::complete(&entry.dir, fingerprint).filter(|_| !force) {
             match verify(stage, &entry.dir, &marker) {
                 Ok(()) => {
-                    for leftover in entry.leftovers() {
-                        store::remove_path(&leftover)?;
-                    }
+                    entry.remove_leftovers()?;
                     return skip(stage, &marker, &entry.dir, log);
                 }
                 Err(reason) => {
@@ -154,9 +152,7 @@ impl<'a> Conductor<'a> {
         let done = self.execute(stage, fingerprint, entry, &staging, log, args)?;
         entry.publish(&staging)?;
         // What the stage left beside its staging folder (ingest's lock file).
-        for leftover in entry.leftovers() {
-            store::remove_path(&leftover)?;
-        }
+        entry.remove_leftovers()?;
         Ok(Done {
             note: [done.note, note].into_iter().filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; "),
             ..done

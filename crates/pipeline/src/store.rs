@@ -89,6 +89,14 @@ impl Entry {
         found.into_iter().map(|(_, path)| path).collect()
     }
 
+    /// Under the exclusive lock: removes every leftover.
+    pub fn remove_leftovers(&self) -> Result<()> {
+        for leftover in self.leftovers() {
+            remove_path(&leftover)?;
+        }
+        Ok(())
+    }
+
     /// Whether `path` is a staging folder of this entry (`.<entry>.<pid>.partial`).
     fn is_staging(&self, path: &Path) -> bool {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
