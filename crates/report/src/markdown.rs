@@ -57,12 +57,8 @@ fn one_line(s: &str) -> String {
     out
 }
 
-fn cell(s: &str) -> String {
-    one_line(s)
-}
-
 fn table(t: &Table) -> String {
-    let row = |cells: &[String]| format!("| {} |", cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
+    let row = |cells: &[String]| format!("| {} |", cells.iter().map(|c| one_line(c)).collect::<Vec<_>>().join(" | "));
     let rule: Vec<String> = t.align.iter().map(|a| if *a == Align::Right { "---:" } else { "---" }.into()).collect();
     let mut out = row(&t.header);
     let _ = write!(out, "\n|{}|", rule.join("|"));
@@ -93,10 +89,10 @@ mod tests {
 
     #[test]
     fn cells_escape_markup_and_newlines() {
-        assert_eq!(cell("<b>&"), "\\<b\\>\\&");
-        assert_eq!(cell("a|b\nc"), "a\\|b c");
-        assert_eq!(cell("a|b,\"c\"<x>\n*y*"), "a\\|b,\"c\"\\<x\\> \\*y\\*");
-        assert_eq!(cell(r"_[`x`](u)\"), r"\_\[\`x\`\](u)\\");
-        assert_eq!(cell("plain label, é 1.5"), "plain label, é 1.5");
+        assert_eq!(one_line("<b>&"), "\\<b\\>\\&");
+        assert_eq!(one_line("a|b\nc"), "a\\|b c");
+        assert_eq!(one_line("a|b,\"c\"<x>\n*y*"), "a\\|b,\"c\"\\<x\\> \\*y\\*");
+        assert_eq!(one_line(r"_[`x`](u)\"), r"\_\[\`x\`\](u)\\");
+        assert_eq!(one_line("plain label, é 1.5"), "plain label, é 1.5");
     }
 }
