@@ -25,16 +25,6 @@ fn load_all(dataset: &Dataset, store: &feature_cache::Store) -> Vec<(Split, Spli
     splits_with_rows(dataset).into_iter().map(|s| (s, load_split(dataset, store, s).unwrap())).collect()
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn a_second_run_computes_nothing_and_new_images_only_are_computed() {
     require_ort();

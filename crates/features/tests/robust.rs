@@ -232,15 +232,7 @@ fn verify_passes_until_a_segment_goes_and_a_rerun_computes_exactly_its_rows() {
     let out = write_features_json(dir.path(), &dataset, &model, &cache, &summary);
     verify(&out).unwrap();
     let store_dir = summary.store.clone();
-    let segments: Vec<PathBuf> = {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&store_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .collect();
-        files.sort();
-        files
-    };
+    let segments = segments(&store_dir);
     assert_eq!(segments.len(), 2, "{segments:?}");
 
     // The second segment deleted: verify names the store and what is missing.
@@ -316,8 +308,14 @@ fn lone_run_vectors(
 ) -> Vec<feature_cache::SplitFeatures> {
     let cache = FeatureCache::open(cache).unwrap();
     let summary = extract(dataset, model, &cache, &ExtractOptions::default(), &progress::Silent).unwrap();
-    let store = cache.store(&summary.key).unwrap();
-    splits_with_rows(dataset).into_iter().map(|s| load_split(dataset, &store, s).unwrap()).collect()
+    load_splits(dataset, &cache.store(&summary.key).unwrap())
+}
+
+/// The vectors a features output names, read through its `features.json`.
+fn output_vectors(features_dir: &Path) -> Vec<feature_cache::SplitFeatures> {
+    let info = feature_cache::read_features(features_dir).unwrap();
+    let (dataset, store) = feature_cache::open_features(&info).unwrap();
+    load_splits(&dataset, &store)
 }
 
 /// The binary, with its model cache in `dir/models`.
@@ -356,11 +354,7 @@ fn two_processes_on_one_cache_both_succeed_with_the_same_vectors() {
         for out in ["out-a", "out-b"] {
             let features_dir = dir.path().join(out);
             verify(&features_dir).unwrap();
-            let info = feature_cache::read_features(&features_dir).unwrap();
-            let (dataset, store) = feature_cache::open_features(&info).unwrap();
-            let loaded: Vec<_> =
-                splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &store, s).unwrap()).collect();
-            assert_eq!(loaded, expected, "round {round}, {out}: the same vectors as a lone run");
+            assert_eq!(output_vectors(&features_dir), expected, "round {round}, {out}: the same vectors as a lone run");
         }
     }
 }
@@ -459,12 +453,9 @@ fn killed_at_any_instant_then_rerun_gives_the_vectors_of_a_lone_run() {
     let last = command().stderr(std::process::Stdio::piped()).output().unwrap();
     assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
     verify(&out).unwrap();
-    let info = feature_cache::read_features(&out).unwrap();
-    let (dataset, store) = feature_cache::open_features(&info).unwrap();
-    let loaded: Vec<_> =
-        splits_with_rows(&dataset).into_iter().map(|s| load_split(&dataset, &store, s).unwrap()).collect();
-    assert_eq!(loaded, expected);
-    let leftovers: Vec<_> = std::fs::read_dir(store.dir())
+    assert_eq!(output_vectors(&out), expected);
+    let store_dir = feature_cache::read_features(&out).unwrap().cache.store;
+    let leftovers: Vec<_> = std::fs::read_dir(&store_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".partial"))

@@ -2,7 +2,7 @@
 //! small demo datasets.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataset::Dataset;
 use ingest::IngestOptions;
@@ -59,4 +59,20 @@ pub fn demo_dataset(dir: &Path, per_class: usize, seed: u64) -> Dataset {
 /// Splits of a dataset that have rows.
 pub fn splits_with_rows(dataset: &Dataset) -> Vec<dataset::Split> {
     dataset::Split::ALL.into_iter().filter(|&s| dataset.rows(s) > 0).collect()
+}
+
+/// Every split with rows, loaded from `store`: the vectors a features run left.
+pub fn load_splits(dataset: &Dataset, store: &feature_cache::Store) -> Vec<feature_cache::SplitFeatures> {
+    splits_with_rows(dataset).into_iter().map(|s| feature_cache::load_split(dataset, store, s).unwrap()).collect()
+}
+
+/// The committed segment files of a store folder, sorted by name (oldest first).
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    files
 }
