@@ -100,13 +100,22 @@ impl BatchSource for InMemory {
 pub fn epoch_order(len: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
-        let mut rng = train_kit::SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for i in (1..len).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
+        shuffle_with(&mut order, &mut train_kit::SplitMix64::new(epoch_seed(seed, epoch)));
     }
     order
+}
+
+/// The generator seed of `epoch` of a run seeded with `seed`.
+pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Fisher-Yates over `items`, drawing from `rng`: [`epoch_order`]'s shuffle.
+pub(crate) fn shuffle_with<T>(items: &mut [T], rng: &mut train_kit::SplitMix64) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
 #[cfg(test)]

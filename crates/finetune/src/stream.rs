@@ -27,7 +27,7 @@ use spec::ModelSpec;
 use train_kit::SplitMix64;
 
 use crate::augment::Augment;
-use crate::data::{epoch_order, Batch, BatchSource, Batches, EpochOrder};
+use crate::data::{epoch_order, epoch_seed, shuffle_with, Batch, BatchSource, Batches, EpochOrder};
 use crate::error::{DataError, FinetuneError, Result};
 use crate::images::{ImageSource, StoredImage};
 
@@ -79,10 +79,9 @@ pub fn visit_rows<T, E>(
         }
         return Ok(());
     }
-    let mut rng =
-        SplitMix64::new(order.seed ^ (order.epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ GROUP_ORDER_SALT);
+    let mut rng = SplitMix64::new(epoch_seed(order.seed, order.epoch) ^ GROUP_ORDER_SALT);
     let mut groups: Vec<usize> = (0..group_rows.len()).collect();
-    shuffle(&mut groups, &mut rng);
+    shuffle_with(&mut groups, &mut rng);
     let mut buffer: Vec<T> = Vec::with_capacity(buffer_rows);
     for group in groups {
         for row in read(group)? {
@@ -96,21 +95,13 @@ pub fn visit_rows<T, E>(
             }
         }
     }
-    shuffle(&mut buffer, &mut rng);
+    shuffle_with(&mut buffer, &mut rng);
     for row in buffer {
         if emit(row).is_break() {
             return Ok(());
         }
     }
     Ok(())
-}
-
-/// Fisher-Yates, as [`epoch_order`] does it.
-fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
-    for i in (1..items.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
 }
 
 /// A split's images, read from the dataset a row group at a time.
