@@ -458,16 +458,16 @@ impl Store {
                 ),
             });
         }
-        for (id, row) in ids.iter().zip(vectors.rows()) {
-            let values: Vec<f32> = row.iter().copied().collect();
-            if let Some(problem) = vector_problem(&values, self.key.dtype) {
+        let values: Vec<f32> = vectors.iter().copied().collect();
+        // Row by row in the one row-major copy (an empty vector has no problem).
+        for (id, row) in ids.iter().zip(values.chunks(self.key.embedding_len.max(1))) {
+            if let Some(problem) = vector_problem(row, self.key.dtype) {
                 return Err(CacheError::Cache {
                     path: self.dir.clone(),
                     reason: format!("image {id}: {problem}; not stored"),
                 });
             }
         }
-        let values: Vec<f32> = vectors.iter().copied().collect();
         let batch = self.record_batch(ids.iter().map(String::as_str), &values)?;
         self.write_segment(&[batch], ids.len().max(1))
     }
