@@ -132,21 +132,12 @@ mod tests {
 
     use super::*;
     use rayon::prelude::*;
+    use train_kit::SplitMix64;
 
-    /// A tiny seeded generator (SplitMix64), so the properties run over
-    /// many reproducible random cases.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
+    /// A draw below `n` from the seeded generator, so the properties run
+    /// over many reproducible random cases.
+    fn below(rng: &mut SplitMix64, n: usize) -> usize {
+        (rng.next_u64() % n.max(1) as u64) as usize
     }
 
     fn id(i: u64) -> String {
@@ -175,15 +166,15 @@ mod tests {
 
     #[test]
     fn per_class_counts_are_within_one_image_of_the_ratios() {
-        let mut rng = Rng(1);
+        let mut rng = SplitMix64::new(1);
         for case in 0..400 {
             let ratios = RATIOS[case % RATIOS.len()];
-            let sizes: Vec<usize> = (0..1 + rng.below(5)).map(|_| rng.below(300)).collect();
+            let sizes: Vec<usize> = (0..1 + below(&mut rng, 5)).map(|_| below(&mut rng, 300)).collect();
             let ids: Vec<(u32, String)> = sizes
                 .iter()
                 .enumerate()
                 .flat_map(|(c, &n)| (0..n).map(move |_| c as u32))
-                .map(|c| (c, id(rng.next())))
+                .map(|c| (c, id(rng.next_u64())))
                 .collect();
             let images: Vec<(u32, &str)> = ids.iter().map(|(c, s)| (*c, s.as_str())).collect();
             let splits = assign(case as u64, &images, &ratios);
@@ -280,14 +271,14 @@ mod tests {
 
     #[test]
     fn adding_images_moves_at_most_the_stated_bound() {
-        let mut rng = Rng(7);
+        let mut rng = SplitMix64::new(7);
         let (mut total_added, mut total_moved) = (0, 0);
         for case in 0..600 {
             let ratios = RATIOS[case % RATIOS.len()];
-            let n = rng.below(300);
-            let k = 1 + rng.below(60);
-            let old: Vec<String> = (0..n).map(|_| id(rng.next())).collect();
-            let extra: Vec<String> = (0..k).map(|_| id(rng.next())).collect();
+            let n = below(&mut rng, 300);
+            let k = 1 + below(&mut rng, 60);
+            let old: Vec<String> = (0..n).map(|_| id(rng.next_u64())).collect();
+            let extra: Vec<String> = (0..k).map(|_| id(rng.next_u64())).collect();
             let m = moved(case as u64, &old, &extra, &ratios);
             let bound = moved_when_adding(k, &ratios);
             assert!(m <= bound, "n={n} k={k}: moved {m} > {bound} ({ratios:?})");
@@ -330,8 +321,8 @@ mod tests {
 
     #[test]
     fn same_content_and_seed_give_the_same_split_whatever_the_order_or_threads() {
-        let mut rng = Rng(11);
-        let ids: Vec<(u32, String)> = (0..900).map(|i| ((i % 7) as u32, id(rng.next()))).collect();
+        let mut rng = SplitMix64::new(11);
+        let ids: Vec<(u32, String)> = (0..900).map(|i| ((i % 7) as u32, id(rng.next_u64()))).collect();
         let ratios = SplitRatios::default();
         let split_of = |order: &[(u32, String)]| -> HashMap<String, Split> {
             let images: Vec<(u32, &str)> = order.iter().map(|(c, s)| (*c, s.as_str())).collect();
@@ -341,7 +332,7 @@ mod tests {
         let reference = split_of(&ids);
         let mut shuffled = ids.clone();
         for i in (1..shuffled.len()).rev() {
-            shuffled.swap(i, rng.below(i + 1));
+            shuffled.swap(i, below(&mut rng, i + 1));
         }
         assert_eq!(split_of(&shuffled), reference);
         for threads in [1, 4] {
