@@ -37,6 +37,12 @@ fn all_records(ds: &Dataset, with_pixels: bool) -> Vec<dataset::Record> {
         .collect()
 }
 
+/// A square demo image of class `class_index`, PNG-encoded.
+fn demo_png(class_index: usize, side: u32, rng: &mut SplitMix64) -> Vec<u8> {
+    let img = demo::render(class_index, side, side, rng);
+    demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png)
+}
+
 /// Bytes of every file in a folder, by name.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
@@ -283,12 +289,7 @@ fn splits_are_stratified_and_stable_when_images_are_added() {
     let mut rng = SplitMix64::new(99);
     for (ci, class) in demo::CLASSES.iter().enumerate() {
         for i in 0..15 {
-            let img = demo::render(ci, 12, 12, &mut rng);
-            fs::write(
-                root.join(class).join(format!("new-{i}.png")),
-                demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png),
-            )
-            .unwrap();
+            fs::write(root.join(class).join(format!("new-{i}.png")), demo_png(ci, 12, &mut rng)).unwrap();
         }
     }
     let after = run(&spec, &tmp.path().join("v2"));
@@ -344,12 +345,7 @@ fn files_that_fail_to_decode_after_the_split_is_assigned_are_warned_about() {
     for (ci, class) in ["a", "b"].into_iter().enumerate() {
         fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..10 {
-            let img = demo::render(ci, 10, 10, &mut rng);
-            fs::write(
-                root.join(class).join(format!("{i}.png")),
-                demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png),
-            )
-            .unwrap();
+            fs::write(root.join(class).join(format!("{i}.png")), demo_png(ci, 10, &mut rng)).unwrap();
         }
     }
     // Reads and hashes fine (so it gets a split), fails only when decoded.
@@ -496,8 +492,7 @@ fn binary_prints_per_class_counts_and_says_what_it_did_with_small_classes() {
     for (ci, (class, n)) in [("big", 40), ("three", 3), ("two", 2), ("one", 1)].into_iter().enumerate() {
         fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..n {
-            let img = demo::render(ci % demo::CLASSES.len(), 10, 10, &mut rng);
-            let bytes = demo::encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png);
+            let bytes = demo_png(ci % demo::CLASSES.len(), 10, &mut rng);
             fs::write(root.join(class).join(format!("{i:02}.png")), bytes).unwrap();
         }
     }
