@@ -237,7 +237,7 @@ pub fn ingest(
 /// The lock file two ingest runs to `out_dir` take turns on: the hidden
 /// sibling `.<name>.lock`, never deleted (see `atomic_file::Lock`).
 pub fn lock_path(out_dir: &Path) -> PathBuf {
-    sibling(out_dir, "lock")
+    sibling(out_dir, ".", "lock")
 }
 
 /// Reads and hashes every candidate in parallel; returns those that read,
@@ -575,9 +575,11 @@ fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<(), IngestError> {
     w.flush().map_err(|e| IngestError::io(path, e))
 }
 
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+/// `dir`'s sibling `<prefix><name>.<suffix>`: `prefix` `"."` hides it, `""`
+/// leaves it plain (for `partial_path`, which hides it itself).
+fn sibling(dir: &Path, prefix: &str, suffix: &str) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    dir.with_file_name(format!(".{name}.{suffix}"))
+    dir.with_file_name(format!("{prefix}{name}.{suffix}"))
 }
 
 /// Publishes the finished `partial` folder as `out_dir`, replacing what was
@@ -592,7 +594,7 @@ fn replace_dir(partial: &Path, out_dir: &Path) -> Result<(), IngestError> {
         atomic_file::publish_dir(partial, out_dir)?;
         return Ok(());
     }
-    let old = atomic_file::partial_path(&sibling_name(out_dir, "old"));
+    let old = atomic_file::partial_path(&sibling(out_dir, "", "old"));
     atomic_file::rename(out_dir, &old)?;
     atomic_file::publish_dir(partial, out_dir)?;
     let removed = match std::fs::symlink_metadata(&old) {
@@ -600,10 +602,4 @@ fn replace_dir(partial: &Path, out_dir: &Path) -> Result<(), IngestError> {
         _ => std::fs::remove_file(&old),
     };
     removed.map_err(|e| IngestError::io(&old, e))
-}
-
-/// `out_dir`'s sibling `<name>.<suffix>` (not hidden; for `partial_path`).
-fn sibling_name(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    dir.with_file_name(format!("{name}.{suffix}"))
 }
