@@ -194,7 +194,7 @@ impl<'a, W: Write> Writer<'a, W> {
     pub fn finish(mut self) -> std::io::Result<W> {
         match (self.format, self.written) {
             (Format::Table, _) => {}
-            (Format::Csv, 0) => self.raw(b"path,rank,class,probability\n")?,
+            (Format::Csv, 0) => self.raw(format!("{}\n", CSV_HEADER.join(",")).as_bytes())?,
             (Format::Csv, _) => {}
             (Format::Json, 0) => self.raw(b"[]\n")?,
             (Format::Json, _) => self.raw(b"\n]\n")?,
