@@ -311,10 +311,11 @@ impl Predictor {
         let metadata = self.metadata.clone();
         let max_pixels = self.max_pixels;
         let chunks = paths.chunks(batch.max(1));
+        let to_prepare = chunks.clone();
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Result<Vec<f32>, ImageError>>>(BATCHES_AHEAD);
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                for chunk in chunks {
+                for chunk in to_prepare {
                     let prepared = chunk.par_iter().map(|path| preprocess_path(path, &metadata, max_pixels)).collect();
                     // The receiver is gone when `each` failed: stop reading.
                     if sender.send(prepared).is_err() {
@@ -322,7 +323,7 @@ impl Predictor {
                     }
                 }
             });
-            for (chunk, prepared) in paths.chunks(batch.max(1)).zip(receiver) {
+            for (chunk, prepared) in chunks.zip(receiver) {
                 let good: Vec<&[f32]> = prepared.iter().filter_map(|r| r.as_ref().ok()).map(Vec::as_slice).collect();
                 let mut rows = match self.run(&good) {
                     Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
