@@ -894,29 +894,6 @@ fn png_bytes(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A small valid PNG whose header then says `width` x `height` (the CRC fixed).
-fn png_declaring(width: u32, height: u32) -> Vec<u8> {
-    let mut bytes = png_bytes(2, 2, &[200; 12]);
-    // Signature (8), IHDR length (4), "IHDR" (4), then width and height.
-    bytes[16..20].copy_from_slice(&width.to_be_bytes());
-    bytes[20..24].copy_from_slice(&height.to_be_bytes());
-    let crc = crc32(&bytes[12..29]);
-    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
-    bytes
-}
-
-/// The PNG chunk CRC (ISO 3309), bit by bit: it checks 17 bytes here.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 /// A hostile entry: its name as ingest prints it, and whether ingesting it
 /// (instead of a named reject) is also fine.
 struct HostileFile {
@@ -1070,7 +1047,7 @@ fn hostile_folder(images: &Path) -> Result<Vec<HostileFile>, String> {
     io("dangling link", std::os::unix::fs::symlink("missing.png", cats.join("dangling.png")))?;
     let wide: Vec<u8> = (0..100_000u32 * 3).map(|i| (i % 251) as u8).collect();
     io("100000x1 PNG", std::fs::write(cats.join("wide.png"), png_bytes(100_000, 1, &wide)))?;
-    io("PNG declaring 10^9 pixels", std::fs::write(cats.join("billion.png"), png_declaring(40_000, 25_000)))?;
+    io("PNG declaring 10^9 pixels", std::fs::write(cats.join("billion.png"), demo::png_bomb(40_000, 25_000)))?;
     let mut hostile = vec![
         HostileFile { name: "cats/a.png", may_be_ingested: false },
         HostileFile { name: "cats/z.png", may_be_ingested: false },
