@@ -36,8 +36,7 @@ learning_rate = 1e-3
 
 /// `target/debug`, where cargo put this workspace's binaries.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    let dir = e2e_tests::bin_dir();
     for bin in ["ingest", "features", "head", "finetune"] {
         assert!(
             dir.join(bin).exists(),
