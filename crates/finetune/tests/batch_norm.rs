@@ -8,11 +8,10 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{max_abs_diff, ort, softmax_rows, ONE_THREAD};
-use finetune::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
+use common::{artifacts_for, max_abs_diff, ort, softmax_rows, ONE_THREAD};
 use finetune::{
     apply_batch_norm, compose, select_parameters, ComposeOptions, Composed, DenseLayer, HeadInit, InMemory, Inference,
-    Loss, OptimizerKind, ParameterSplit, RunOptions, Schedule, TrainConfig, Unfreeze,
+    ParameterSplit, RunOptions, Schedule, TrainConfig, Unfreeze,
 };
 use ndarray::{ArrayD, IxDyn};
 use onnx_graph::{ConvOptions, Dim, GraphBuilder, ModelProto};
@@ -65,11 +64,6 @@ fn selection(composed: &Composed, mode: BatchNormMode) -> ParameterSplit {
     apply_batch_norm(&composed.training, split, mode).unwrap()
 }
 
-fn artifacts(root: &std::path::Path, model: &ModelProto, split: &ParameterSplit) -> Artifacts {
-    let request = ArtifactRequest { model, split, loss: Loss::CrossEntropy, optimizer: OptimizerKind::AdamW };
-    ensure_artifacts(ort(), root, &request).unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn images(n: usize, seed: u64) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&[n, 3, 8, 8]), SplitMix64::new(seed).uniform_vec(-1.0, 1.0, n * 192)).unwrap()
 }
@@ -78,7 +72,7 @@ fn images(n: usize, seed: u64) -> ArrayD<f32> {
 /// untouched graph (real BatchNormalization nodes) in ONNX Runtime 1.32.
 fn training_forward_vs_inference(training: &ModelProto, split: &ParameterSplit, inference: &ModelProto) -> f32 {
     let root = tempfile::tempdir().unwrap();
-    let artifacts = artifacts(root.path(), training, split);
+    let artifacts = artifacts_for(root.path(), training, split);
     let mut session = ort().open(&artifacts.files(), &artifacts.checkpoint(), ONE_THREAD, true).unwrap();
     let batch = images(4, 5);
     let step = session.train_step(batch.clone(), vec![0, 1, 2, 0]).unwrap();
@@ -111,7 +105,7 @@ fn scale_and_bias_train_while_the_statistics_stay() {
     let mut training = composed.training.clone();
     onnx_graph::batch_norm::freeze_statistics(&mut training).unwrap();
     let root = tempfile::tempdir().unwrap();
-    let artifacts = artifacts(root.path(), &training, &split);
+    let artifacts = artifacts_for(root.path(), &training, &split);
     let config = TrainConfig {
         epochs: 2,
         batch_size: 4,

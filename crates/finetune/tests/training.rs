@@ -13,11 +13,11 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{max_abs_diff, ort, softmax_rows, ONE_THREAD};
-use finetune::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
+use common::{artifacts_for, max_abs_diff, ort, softmax_rows, ONE_THREAD};
+use finetune::artifacts::Artifacts;
 use finetune::{
     compose, select_parameters, BatchSource, ComposeOptions, Composed, DenseLayer, FinetuneError, HeadInit, InMemory,
-    Loss, OptimizerKind, RunOptions, Schedule, StopReason, TrainConfig, Unfreeze,
+    RunOptions, Schedule, StopReason, TrainConfig, Unfreeze,
 };
 use ndarray::{ArrayD, Axis, IxDyn};
 use onnx_graph::vgg;
@@ -47,11 +47,6 @@ fn composed() -> Composed {
 /// Run options with one thread and no progress output.
 fn one_thread<'a>(artifacts: &'a Artifacts, run_dir: &'a Path, config: &'a TrainConfig) -> RunOptions<'a> {
     RunOptions { artifacts, run_dir, config, session: ONE_THREAD, progress: &progress::Silent }
-}
-
-fn artifacts_for(root: &Path, model: &onnx_graph::ModelProto, split: &finetune::ParameterSplit) -> Artifacts {
-    let request = ArtifactRequest { model, split, loss: Loss::CrossEntropy, optimizer: OptimizerKind::AdamW };
-    ensure_artifacts(ort(), root, &request).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn block5_artifacts(root: &Path) -> (Composed, Artifacts) {

@@ -1,7 +1,10 @@
 //! What the training tests share: the training API, one thread, and the
 //! arithmetic they check results with.
 
-use finetune::{OrtTraining, SessionConfig};
+use std::path::Path;
+
+use finetune::artifacts::{ensure_artifacts, ArtifactRequest, Artifacts};
+use finetune::{Loss, OptimizerKind, OrtTraining, ParameterSplit, SessionConfig};
 use ndarray::{Array2, ArrayBase, Data, Ix2};
 
 /// One thread: results independent of the machine's load, and the two
@@ -12,6 +15,13 @@ pub fn ort() -> &'static OrtTraining {
     let venv = runtime::ensure_training_venv()
         .unwrap_or_else(|e| panic!("the training venv is needed (CPython 3.11 with onnxruntime-training 1.19.2): {e}"));
     OrtTraining::init(&venv).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The artifacts for training `split` of `model` with cross-entropy and
+/// AdamW, generated under `root` (or reused).
+pub fn artifacts_for(root: &Path, model: &onnx_graph::ModelProto, split: &ParameterSplit) -> Artifacts {
+    let request = ArtifactRequest { model, split, loss: Loss::CrossEntropy, optimizer: OptimizerKind::AdamW };
+    ensure_artifacts(ort(), root, &request).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Softmax of each row, by hand.
