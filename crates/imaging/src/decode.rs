@@ -106,12 +106,17 @@ pub fn check_stored_size(
     Ok((w, h))
 }
 
+/// Bytes a pixel in the widest layout the formats here decode to (16-bit
+/// RGBA): what both the decoder's allocation limit and [`max_file_bytes`]
+/// allow a pixel.
+const BYTES_PER_PIXEL: u64 = 8;
+
 /// The largest image file read for a pixel limit: 8 bytes a pixel (16-bit
 /// RGBA, the widest uncompressed layout the formats here store) plus 1 MiB
 /// of headers and metadata. A larger file cannot be a valid image within
 /// the limit, and reading it would cost memory for nothing.
 pub fn max_file_bytes(max_pixels: u64) -> u64 {
-    max_pixels.saturating_mul(8).saturating_add(1 << 20)
+    max_pixels.saturating_mul(BYTES_PER_PIXEL).saturating_add(1 << 20)
 }
 
 /// Whether a file, as described by its metadata after following symlinks
@@ -169,7 +174,7 @@ pub fn decode_upright(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeE
     // We check the declared size ourselves, against the configured limit, and
     // let allocation follow from it.
     let mut limits = image::Limits::no_limits();
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
+    limits.max_alloc = Some(max_pixels.saturating_mul(BYTES_PER_PIXEL).max(64 << 20));
     reader.limits(limits);
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(limit) => {
