@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use compose::{compose, ComposeOptions, DenseLayer, HeadInit};
 use contracts::features::{Dtype, FeaturesInfo};
 use dataset::{Dataset, Split};
-use feature_cache::Store;
+use feature_cache::{Index, Store};
 use head::TrainedHead;
 use ndarray::{Array2, ArrayD, IxDyn};
 use runtime::{ort, ModelSource, SessionOptions};
@@ -31,11 +31,13 @@ pub struct Checked {
     pub max_diff: f32,
 }
 
-/// Composes, checks and writes `out/model.onnx` for the head saved in `out`.
+/// Composes, checks and writes `out/model.onnx` for the head saved in `out`
+/// (`index` is `store`'s scan).
 pub fn export_model(
     info: &FeaturesInfo,
     dataset: &Dataset,
     store: &Store,
+    index: &Index,
     head: &TrainedHead,
     out: &Path,
 ) -> Result<Checked> {
@@ -63,7 +65,7 @@ pub fn export_model(
     let path = out.join(MODEL_FILE);
     let partial = atomic_file::partial_path(&path);
     onnx_graph::write_model(&model, &partial)?;
-    let checked = check(&partial, info, dataset, store, head);
+    let checked = check(&partial, info, dataset, store, index, head);
     match checked {
         Ok((images, max_diff)) => {
             std::fs::rename(&partial, &path).with_context(|| format!("renaming into {}", path.display()))?;
@@ -84,6 +86,7 @@ fn check(
     info: &FeaturesInfo,
     dataset: &Dataset,
     store: &Store,
+    index: &Index,
     head: &TrainedHead,
 ) -> Result<(usize, f32)> {
     let Some(split) = [Split::Test, Split::Validation, Split::Train].into_iter().find(|&s| dataset.rows(s) > 0) else {
@@ -94,7 +97,6 @@ fn check(
         None => bail!("the {split} split is empty"),
     };
     // Images the features stage rejected have no embedding to compare with.
-    let index = store.scan()?;
     let records: Vec<_> = records.into_iter().filter(|r| index.rejection(&r.content_id).is_none()).collect();
     if records.is_empty() {
         bail!("the first images of the {split} split were all rejected by the features stage");
@@ -112,7 +114,7 @@ fn check(
     let from_onnx = run(model, &spec.input.name, images)?;
 
     let ids: Vec<&str> = records.iter().map(|r| r.content_id.as_str()).collect();
-    let embeddings = store.read(&index, &ids)?;
+    let embeddings = store.read(index, &ids)?;
     let from_head = head.predict_proba(embeddings.view());
     let max_diff = from_onnx.iter().zip(&from_head).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     // f16 embeddings round each value to 11 bits; the head then sees

@@ -43,7 +43,8 @@ pub fn evaluate(
     memory_budget: usize,
 ) -> Result<()> {
     let (head, dataset, store) = open(head_dir, features_dir)?;
-    let mut rows = SplitRows::open(&dataset, &store, split, head.model.input_dim(), memory_budget)?;
+    let index = store.scan()?;
+    let mut rows = SplitRows::open(&dataset, &store, &index, split, head.model.input_dim(), memory_budget)?;
     let report = head.evaluate_source(&mut rows, top_k).map_err(|e| anyhow!("{split} split: {e}"))?;
     println!("{split} split, {} images\n{report}", rows.len());
     if let Some(out) = out {
@@ -64,7 +65,8 @@ pub fn predict(
     memory_budget: usize,
 ) -> Result<()> {
     let (head, dataset, store) = open(head_dir, features_dir)?;
-    let mut rows = SplitRows::open(&dataset, &store, split, head.model.input_dim(), memory_budget)?;
+    let index = store.scan()?;
+    let mut rows = SplitRows::open(&dataset, &store, &index, split, head.model.input_dim(), memory_budget)?;
     let records = rows.take_records();
     let classes = &head.meta.class_names;
     let mut score = |w: &mut dyn std::io::Write| -> Result<()> {
@@ -132,6 +134,8 @@ fn open_features(dir: &Path, head: &TrainedHead) -> Result<(Dataset, Store)> {
 pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget: usize) -> Result<()> {
     let info = feature_cache::read_features(features_dir)?;
     let (dataset, store) = feature_cache::open_features(&info)?;
+    // One scan of the cache for the model check and the test split.
+    let index = store.scan()?;
     eprintln!("{}", info.model.weights_note);
     let classes = info.dataset.classes.clone();
     let dim = info.embedding_len;
@@ -148,7 +152,7 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
     let seconds = started.elapsed().as_secs_f64();
     io::save(out, &head)?;
     onnx_graph::write_model(&head::onnx_export::to_onnx(&head), out.join("head.onnx"))?;
-    let checked = export::export_model(&info, &dataset, &store, &head, out)?;
+    let checked = export::export_model(&info, &dataset, &store, &index, &head, out)?;
     eprintln!(
         "{}: conv base + head, image in, probabilities out; matches the head on {} stored images in ONNX Runtime \
          (max |diff| {:.1e})",
@@ -157,7 +161,7 @@ pub fn train(features_dir: &Path, out: &Path, config: &HeadConfig, memory_budget
         checked.max_diff
     );
     if dataset.rows(Split::Test) > 0 {
-        let mut test = SplitRows::open(&dataset, &store, Split::Test, dim, memory_budget)?;
+        let mut test = SplitRows::open(&dataset, &store, &index, Split::Test, dim, memory_budget)?;
         let report = head.evaluate_source(&mut test, &[1, 3]).map_err(|e| anyhow!("test split: {e}"))?;
         io::write_report(&out.join("evaluation-test.json"), &report)?;
         println!("test split, {} images\n{report}", test.len());
@@ -184,10 +188,11 @@ pub fn fit(
     memory_budget: usize,
     on_epoch: &mut dyn FnMut(&train_kit::EpochRecord),
 ) -> Result<TrainedHead> {
-    let mut train = SplitRows::open(dataset, store, Split::Train, dim, memory_budget)?;
+    let index = store.scan()?;
+    let mut train = SplitRows::open(dataset, store, &index, Split::Train, dim, memory_budget)?;
     let left = memory_budget.saturating_sub(train.resident_bytes());
     let mut validation = (dataset.rows(Split::Validation) > 0)
-        .then(|| SplitRows::open(dataset, store, Split::Validation, dim, left))
+        .then(|| SplitRows::open(dataset, store, &index, Split::Validation, dim, left))
         .transpose()?;
     let val = validation.as_mut().map(|v| v as &mut dyn BatchSource<f32>);
     Ok(head::train_head(config, classes, &mut train, val, on_epoch)?)
@@ -199,7 +204,7 @@ pub fn fit(
 /// rows whose vectors were rejected), so results are identical.
 struct SplitRows<'s> {
     store: &'s Store,
-    index: feature_cache::Index,
+    index: &'s feature_cache::Index,
     records: Vec<dataset::Record>,
     ids: Vec<String>,
     labels: Vec<usize>,
@@ -209,15 +214,21 @@ struct SplitRows<'s> {
 }
 
 impl<'s> SplitRows<'s> {
-    fn open(dataset: &Dataset, store: &'s Store, split: Split, dim: usize, memory_budget: usize) -> Result<Self> {
-        let index = store.scan()?;
-        let records = feature_cache::usable_records(dataset, &index, split)?;
+    fn open(
+        dataset: &Dataset,
+        store: &'s Store,
+        index: &'s feature_cache::Index,
+        split: Split,
+        dim: usize,
+        memory_budget: usize,
+    ) -> Result<Self> {
+        let records = feature_cache::usable_records(dataset, index, split)?;
         let ids: Vec<String> = records.iter().map(|r| r.content_id.clone()).collect();
         let labels = records.iter().map(|r| r.label_index as usize).collect();
         let bytes = ids.len().saturating_mul(dim).saturating_mul(4);
         let loaded = if bytes <= memory_budget {
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            Some(store.read(&index, &refs)?)
+            Some(store.read(index, &refs)?)
         } else {
             eprintln!(
                 "{split} embeddings take {} MB, over the memory budget: streaming them from the cache",
@@ -269,7 +280,7 @@ impl BatchSource<f32> for SplitRows<'_> {
             }
             None => {
                 let ids: Vec<&str> = indices.iter().map(|&i| self.ids[i].as_str()).collect();
-                out.assign(&self.store.read(&self.index, &ids)?);
+                out.assign(&self.store.read(self.index, &ids)?);
             }
         }
         Ok(())
