@@ -234,8 +234,7 @@ impl<'s> SplitRows<'s> {
                 "{split} embeddings take {} MB, over the memory budget: streaming them from the cache",
                 bytes.div_ceil(1 << 20)
             );
-            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let missing = refs.iter().filter(|id| !index.contains(id)).count();
+            let missing = ids.iter().filter(|id| !index.contains(id)).count();
             if missing > 0 {
                 return Err(feature_cache::CacheError::Missing {
                     store: store.dir().to_path_buf(),
