@@ -3,7 +3,8 @@
 //! process dies, however it dies. A process that finds the lock taken says
 //! so on stderr and waits. Lock files are never deleted: removing one
 //! while another process waits on it would let a third take a fresh lock
-//! on a new file beside the waiting one.
+//! on a new file beside the waiting one. A folder that must hold nothing
+//! but its outputs can be locked itself ([`Lock::exclusive_folder`]).
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,16 @@ impl Lock {
         Lock::take(path, what, Mode::Shared)
     }
 
+    /// Takes a lock on the folder `dir` itself (created if needed), alone,
+    /// waiting like [`Lock::exclusive`]: for folders where a lock file
+    /// would be one file too many (a stage's output, digested whole).
+    pub fn exclusive_folder(dir: &Path, what: &str) -> Result<Lock, LockError> {
+        let error = |source| LockError { path: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(error)?;
+        let folder = File::open(dir).map_err(error)?;
+        Lock::hold(folder, dir, what, Mode::Exclusive)
+    }
+
     /// Takes the lock alone if nobody holds it; `None` if somebody does.
     pub fn try_exclusive(path: &Path) -> Result<Option<Lock>, LockError> {
         let file = open(path)?;
@@ -58,7 +69,11 @@ impl Lock {
     }
 
     fn take(path: &Path, what: &str, mode: Mode) -> Result<Lock, LockError> {
-        let file = open(path)?;
+        Lock::hold(open(path)?, path, what, mode)
+    }
+
+    /// Locks the open `file` (whose path is `path`), waiting if needed.
+    fn hold(file: File, path: &Path, what: &str, mode: Mode) -> Result<Lock, LockError> {
         let error = |source| LockError { path: path.to_owned(), source };
         let tried = match mode {
             Mode::Shared => file.try_lock_shared(),
@@ -124,6 +139,18 @@ mod tests {
         assert!(Lock::try_exclusive(&path).unwrap().is_none());
         drop((a, b));
         assert!(Lock::try_exclusive(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_locked_folder_keeps_out_a_second_holder_and_holds_no_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        let held = Lock::exclusive_folder(&target, "out").unwrap();
+        let second = File::open(&target).unwrap();
+        assert!(matches!(second.try_lock(), Err(TryLockError::WouldBlock)), "a second holder got in");
+        drop(held);
+        assert!(second.try_lock().is_ok());
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "no lock file in the folder");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn ensure_artifacts(ort: &OrtTraining, root: &Path, request: &ArtifactReques
     let fingerprint = fingerprint(request)?;
     let dir = root.join(format!("artifacts-{}", fingerprint.short()));
     // Waits while another process generates (these or others), then reuses.
-    let _lock = crate::folder_lock::lock_folder(root, "training artifacts being generated")?;
+    let _lock = atomic_file::Lock::exclusive_folder(root, "training artifacts being generated")?;
     remove_stale_partials(root);
     if let Some(existing) = complete(&dir, &fingerprint)? {
         return Ok(existing);

@@ -260,3 +260,10 @@ impl FinetuneError {
 }
 
 pub type Result<T, E = FinetuneError> = std::result::Result<T, E>;
+
+/// A folder that could not be locked (`atomic_file::Lock::exclusive_folder`).
+impl From<atomic_file::LockError> for FinetuneError {
+    fn from(e: atomic_file::LockError) -> Self {
+        FinetuneError::Io { what: "cannot lock", path: e.path, source: e.source }
+    }
+}

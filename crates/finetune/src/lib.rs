@@ -34,7 +34,6 @@ pub mod augment;
 pub mod data;
 mod error;
 pub mod export;
-mod folder_lock;
 pub mod images;
 pub mod infer;
 pub mod ort_training;

@@ -317,7 +317,7 @@ impl Plan {
     pub fn run(self, hooks: &mut Hooks<'_>) -> Result<FinetuneSummary> {
         // One process at a time in an output folder: a second waits, then
         // resumes (or, finished, re-exports) what the first left.
-        let _lock = crate::folder_lock::lock_folder(&self.job.out, "the fine-tuning output folder")?;
+        let _lock = atomic_file::Lock::exclusive_folder(&self.job.out, "the fine-tuning output folder")?;
         // Holding the folder alone: every temporary here is a dead process's.
         for stale in atomic_file::remove_stale_partials(&self.job.out, true) {
             (hooks.log)(&format!("removed {}, left by a process that stopped", stale.display()));
