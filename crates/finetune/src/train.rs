@@ -106,7 +106,10 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochRecord) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
     check_inputs(run.config, train, validation.as_deref())?;
-    let _lock = crate::folder_lock::lock_folder(run.run_dir, "the fine-tuning run folder")?;
+    let _lock = atomic_file::Lock::exclusive_folder(run.run_dir, "the fine-tuning run folder")?;
+    // Temporaries a killed process left beside state.json and metrics.jsonl
+    // (those in checkpoints/ go in RunFolder::open).
+    atomic_file::remove_stale_partials(run.run_dir, true);
     let mut folder = RunFolder::open(run, train.len(), validation.as_ref().map(|v| v.len()))?;
     if let Some(stop) = folder.state.finished.clone() {
         return folder.outcome(stop);
